@@ -1,0 +1,169 @@
+"""Artifacts on disk: safetensors + JSON sidecars, written atomically, with provenance."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import HarcError
+
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+}
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("harc-interp", "torch", "transformers", "transformer-lens"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _tmp_beside(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    """Write JSON atomically: readers never see a half-written file."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise HarcError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HarcError(f"{path} is corrupt or truncated ({e}); re-create it") from None
+
+
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> Path:
+    """safetensors, atomically."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise HarcError(f"{path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise HarcError(f"{path} is corrupt or truncated ({e}); re-create it") from None
+
+
+def open_tensor_mmap(path: str | Path, name: str) -> torch.Tensor:
+    """A read-only, memory-mapped view of one tensor in a safetensors file: nothing is read until
+    it is used, so a large cache costs no memory to open."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise HarcError(f"{path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        try:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if 0 < n < size else None
+        except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
+            header = None
+    if not header or name not in header:
+        raise HarcError(f"{path} is corrupt or truncated (no readable '{name}' entry); re-create it")
+    info = header[name]
+    if info["dtype"] != "F32":
+        return load_tensors(path)[name]
+    start, end = info["data_offsets"]
+    expected = 4
+    for s in info["shape"]:
+        expected *= s
+    if end - start != expected or 8 + n + end > size:
+        raise HarcError(
+            f"{path} is corrupt or truncated ({size} bytes, header promises {8 + n + end}); re-create it"
+        )
+    array = np.memmap(path, dtype=np.float32, mode="r", offset=8 + n + start, shape=tuple(info["shape"]))
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns that the memmap is read-only; we never write to it
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def write_tensor_stream(
+    path: str | Path,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    chunks: Iterable[torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write one tensor to a safetensors file chunk by chunk along dim 0, so memory stays flat.
+
+    The format is an 8-byte little-endian header length, a JSON header, then raw row-major bytes.
+    """
+    path = Path(path)
+    elem = torch.empty((), dtype=dtype).element_size()
+    nbytes = elem
+    for s in shape:
+        nbytes *= s
+    header = {name: {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [0, nbytes]}}
+    if metadata:
+        header["__metadata__"] = metadata
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = _tmp_beside(path)
+    written = 0
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for chunk in chunks:
+            if chunk.dtype != dtype or tuple(chunk.shape[1:]) != tuple(shape[1:]):
+                tmp.unlink()
+                raise HarcError(f"chunk {tuple(chunk.shape)} {chunk.dtype} does not fit {shape} {dtype}")
+            data = (
+                chunk.contiguous().numpy().tobytes()
+                if dtype != torch.bfloat16
+                else chunk.contiguous().view(torch.int16).numpy().tobytes()
+            )
+            f.write(data)
+            written += len(data)
+    if written != nbytes:
+        tmp.unlink()
+        raise HarcError(f"wrote {written} bytes for '{name}', expected {nbytes}")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,214 @@
+"""Prompt sets: JSONL/CSV files, Hugging Face datasets, the built-in starter set, attack templates.
+
+A row needs a `prompt` (or a `template` with a `placeholder`, for attack templates) and may carry
+`id`, `label`, `category`, `attack_class`, `goal`; other fields are kept in `meta`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+
+from .errors import HarcError
+
+STARTER_SETS = ("harmful", "harmless", "borderline", "attacks")
+_KNOWN = ("id", "prompt", "label", "category", "attack_class", "goal")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    prompt: str
+    label: str | None = None
+    category: str | None = None
+    attack_class: str | None = None
+    goal: str | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class AttackTemplate:
+    id: str
+    template: str
+    attack_class: str
+    placeholder: str = "[INSERT PROMPT HERE]"
+    method: str | None = None
+
+    def fill(self, request: str) -> str:
+        return self.template.replace(self.placeholder, request)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    name: str
+    prompts: tuple[Prompt, ...]
+    templates: tuple[AttackTemplate, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self):
+        return iter(self.prompts)
+
+    @property
+    def texts(self) -> list[str]:
+        return [p.prompt for p in self.prompts]
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.prompts]
+
+    def where(self, **fields) -> PromptSet:
+        """Keep prompts whose fields equal the given values, e.g. `where(label="harmful")`."""
+        keep = tuple(p for p in self.prompts if all(getattr(p, k) == v for k, v in fields.items()))
+        return PromptSet(self.name, keep, self.templates)
+
+    def sample(self, n: int | None, seed: int = 0) -> PromptSet:
+        """A deterministic random subset of n prompts (all of them, shuffled, if n is None)."""
+        idx = list(range(len(self.prompts)))
+        random.Random(seed).shuffle(idx)
+        idx = idx if n is None else sorted(idx[:n])
+        return PromptSet(self.name, tuple(self.prompts[i] for i in idx), self.templates)
+
+    def split(self, test_fraction: float, seed: int = 0) -> tuple[PromptSet, PromptSet]:
+        """Deterministic (train, test) split; the same seed always gives the same split."""
+        if not 0 < test_fraction < 1:
+            raise HarcError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        idx = list(range(len(self.prompts)))
+        random.Random(seed).shuffle(idx)
+        n_test = round(test_fraction * len(idx))
+        test, train = sorted(idx[:n_test]), sorted(idx[n_test:])
+        pick = lambda ii: tuple(self.prompts[i] for i in ii)  # noqa: E731
+        return PromptSet(self.name, pick(train)), PromptSet(self.name, pick(test))
+
+    def __add__(self, other: PromptSet) -> PromptSet:
+        return PromptSet(
+            f"{self.name}+{other.name}", self.prompts + other.prompts, self.templates + other.templates
+        )
+
+
+def _rows_from_file(path: Path) -> Iterable[tuple[str, dict]]:
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{path}:{n}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise HarcError(f"{path}:{n} is not valid JSON: {e}") from None
+    elif path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise HarcError(f"{path} must hold a JSON list of objects")
+        for n, row in enumerate(data):
+            yield f"{path}[{n}]", row
+    elif path.suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            for n, row in enumerate(csv.DictReader(f), 2):
+                yield f"{path}:{n}", row
+    else:
+        raise HarcError(f"{path}: unsupported prompt file type (use .jsonl, .json or .csv)")
+
+
+def prompts_from_rows(name: str, rows: Iterable[tuple[str, dict]], label: str | None = None) -> PromptSet:
+    prompts: list[Prompt] = []
+    templates: list[AttackTemplate] = []
+    seen: set[str] = set()
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise HarcError(f"{where}: expected an object, got {type(row).__name__}")
+        rid = str(row.get("id") or f"{name}-{len(prompts) + len(templates)}")
+        if rid in seen:
+            raise HarcError(f"{where}: duplicate id '{rid}'")
+        seen.add(rid)
+        if row.get("template"):
+            placeholder = row.get("placeholder") or "[INSERT PROMPT HERE]"
+            if row["template"].count(placeholder) != 1:
+                raise HarcError(f"{where}: template must contain the placeholder {placeholder!r} once")
+            cls = row.get("attack_class") or "template"
+            templates.append(AttackTemplate(rid, row["template"], cls, placeholder, row.get("method")))
+            continue
+        text = row.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise HarcError(f"{where}: missing or empty 'prompt' field")
+        known = {k: row.get(k) for k in _KNOWN[2:]}
+        if label is not None:
+            known["label"] = label
+        meta = {k: v for k, v in row.items() if k not in _KNOWN}
+        prompts.append(Prompt(rid, text.strip(), **known, meta=meta))
+    if not prompts and not templates:
+        raise HarcError(f"prompt set '{name}' is empty")
+    return PromptSet(name, tuple(prompts), tuple(templates))
+
+
+def starter_prompts(kind: str) -> PromptSet:
+    """The small built-in prompt sets written for harc_interp (see data/starter/README.md)."""
+    if kind not in STARTER_SETS:
+        raise HarcError(f"unknown starter set '{kind}'; choose one of {STARTER_SETS}")
+    path = resources.files("harc_interp") / "data" / "starter" / f"{kind}.jsonl"
+    with resources.as_file(path) as p:
+        return prompts_from_rows(f"starter:{kind}", _rows_from_file(Path(p)))
+
+
+def load_prompts(source: str | Path, *, label: str | None = None, limit: int | None = None) -> PromptSet:
+    """Load a prompt set from a file, `starter:KIND`, or `hf:DATASET[:SPLIT[:COLUMN]]` (online).
+
+    `label` overrides every row's label (e.g. to mark a file of plain requests as harmful).
+    """
+    source = str(source)
+    if source.startswith("starter:"):
+        ps = starter_prompts(source.split(":", 1)[1])
+    elif source.startswith("hf:"):
+        ps = _load_hf(source[3:])
+    else:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise HarcError(f"prompt file {path} does not exist")
+        ps = prompts_from_rows(path.stem, _rows_from_file(path))
+    if label is not None:
+        ps = PromptSet(ps.name, tuple(replace(p, label=label) for p in ps.prompts), ps.templates)
+    if limit is not None:
+        ps = PromptSet(ps.name, ps.prompts[:limit], ps.templates)
+    return ps
+
+
+def _load_hf(spec: str) -> PromptSet:
+    name, split, column = (spec.split(":") + ["train", "prompt"])[:3]
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:
+        raise HarcError(
+            f"could not load Hugging Face dataset '{name}' (split '{split}'): {e}. Offline, export it "
+            "to JSONL with a 'prompt' field and pass the file instead"
+        ) from e
+    if column not in ds.column_names:
+        raise HarcError(f"dataset '{name}' has no column '{column}'; columns: {ds.column_names}")
+    rows = ((f"{name}[{i}]", {**r, "prompt": r[column]}) for i, r in enumerate(ds))
+    return prompts_from_rows(name, rows)
+
+
+def expand_attacks(templates: Sequence[AttackTemplate], goals: Sequence[Prompt]) -> PromptSet:
+    """Every template filled with every goal: one prompt per (template, goal), labelled 'jailbreak'."""
+    if not templates:
+        raise HarcError("no attack templates to expand")
+    out = [
+        Prompt(
+            f"{t.id}::{g.id}",
+            t.fill(g.prompt),
+            label="jailbreak",
+            category=g.category,
+            attack_class=t.attack_class,
+            goal=g.prompt,
+            meta={"template_id": t.id, "goal_id": g.id},
+        )
+        for t in templates
+        for g in goals
+    ]
+    return PromptSet("attacks", tuple(out))

@@ -1,0 +1,81 @@
+"""Prompt sets: file formats, the shared data schemas, starter sets, attack expansion, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harc_interp import HarcError, expand_attacks, load_prompts, starter_prompts
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_starter_sets_are_complete():
+    harmful, harmless, borderline, attacks = (
+        starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")
+    )
+    assert len(harmful) == 48 and {p.label for p in harmful} == {"harmful"}
+    assert len(harmless) == 48 and {p.label for p in harmless} == {"harmless"}
+    assert len(borderline) == 24 and {p.label for p in borderline} == {"safe"}
+    assert len(attacks.templates) >= 8 and not attacks.prompts
+    assert len({t.attack_class for t in attacks.templates}) >= 8
+
+
+def test_expand_attacks_fills_every_template():
+    templates = starter_prompts("attacks").templates
+    goals = starter_prompts("harmful").sample(3, seed=0)
+    jb = expand_attacks(templates, goals.prompts)
+    assert len(jb) == 3 * len(templates)
+    for p in jb:
+        assert p.goal in p.prompt and "[INSERT PROMPT HERE]" not in p.prompt
+        assert p.attack_class and p.label == "jailbreak"
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data not present")
+def test_shared_data_files_load():
+    harmful = load_prompts(SHARED / "harmful_dev.jsonl")
+    assert len(harmful) == 671 and harmful.prompts[0].meta["source"] == "jbb"
+    jb = load_prompts(SHARED / "jailbreaks_dev.jsonl")
+    assert len(jb.prompts) + len(jb.templates) == 964
+    assert len({p.attack_class for p in jb.prompts} | {t.attack_class for t in jb.templates}) == 12
+    over = load_prompts(SHARED / "over_refusal_dev.jsonl")
+    assert {p.label for p in over} == {"safe", "unsafe"}
+
+
+def test_csv_json_and_label_override(tmp_path):
+    (tmp_path / "p.csv").write_text("id,prompt,category\na,How do I cook rice?,food\nb,Name a planet,space\n")
+    ps = load_prompts(tmp_path / "p.csv", label="harmless")
+    assert ps.ids == ["a", "b"] and ps.prompts[0].category == "food" and ps.prompts[1].label == "harmless"
+    (tmp_path / "p.json").write_text(json.dumps([{"prompt": "x"}, {"prompt": "y"}]))
+    assert load_prompts(tmp_path / "p.json").texts == ["x", "y"]
+
+
+def test_splits_are_deterministic_and_disjoint():
+    ps = starter_prompts("harmless")
+    a_train, a_test = ps.split(0.25, seed=3)
+    b_train, b_test = ps.split(0.25, seed=3)
+    assert a_test.ids == b_test.ids and len(a_test) == 12
+    assert not set(a_train.ids) & set(a_test.ids) and len(a_train) + len(a_test) == len(ps)
+    assert ps.split(0.25, seed=4)[1].ids != a_test.ids
+
+
+def test_bad_files_are_named(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "ok", "id": "1"}\n{"prompt": "  ", "id": "2"}\n')
+    with pytest.raises(HarcError, match=r"bad.jsonl:2: missing or empty 'prompt'"):
+        load_prompts(bad)
+    bad.write_text('{"prompt": "a", "id": "1"}\n{"prompt": "b", "id": "1"}\n')
+    with pytest.raises(HarcError, match="duplicate id '1'"):
+        load_prompts(bad)
+    bad.write_text('{"prompt": "a"\n')
+    with pytest.raises(HarcError, match="not valid JSON"):
+        load_prompts(bad)
+    bad.write_text('{"template": "no slot here", "attack_class": "x"}\n')
+    with pytest.raises(HarcError, match="placeholder"):
+        load_prompts(bad)
+    with pytest.raises(HarcError, match="does not exist"):
+        load_prompts(tmp_path / "nope.jsonl")
+    with pytest.raises(HarcError, match="unknown starter set"):
+        load_prompts("starter:evil")
