@@ -56,7 +56,7 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
-def read_json(path: str | Path) -> dict:
+def read_json(path: str | Path) -> dict | list:
     path = Path(path)
     if not path.is_file():
         raise HarcError(f"{path} is missing")

@@ -123,6 +123,42 @@ def cmd_generate(args) -> dict:
     return {"out": str(out / "generations.jsonl"), "n": len(gens)}
 
 
+def cmd_directions(args) -> dict:
+    from .extract import DirectionsConfig, extract_directions
+    from .model import load_model
+
+    config = DirectionsConfig(
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        filter_train=not args.no_filter,
+        max_new_tokens=args.max_new_tokens,
+        n_response=args.n_response,
+        selection=args.selection,
+        selection_positions=tuple(args.selection_positions.split(",")),
+        selection_slots=_int_list(args.selection_slots),
+        n_bootstrap=args.n_bootstrap,
+        eval_max_new_tokens=args.eval_max_new_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+    )
+    harmful = _load_prompt_files(args.harmful, "harmful", None)
+    harmless = _load_prompt_files(args.harmless, "harmless", None)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = extract_directions(model, harmful, harmless, args.out, config, progress=not args.quiet)
+    m = d.meta
+    return {
+        "out": str(args.out),
+        "selected_layer": d.selected_layer,
+        "selection": m["selection"]["method"],
+        "best_harm_layer": m["metrics"]["best_harm_layer"],
+        "causal_validation": m["causal_validation"],
+        "refusal_tokens": m["refusal_token_strings"],
+        "counts": m["counts"],
+    }
+
+
 def cmd_run(args) -> dict:
     from .pipeline import run_main
 

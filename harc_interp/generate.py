@@ -46,8 +46,11 @@ def generate_ids(
     do_sample: bool = False,
     seed: int | None = None,
 ) -> list[tuple[list[int], bool]]:
-    """Generate for one left-padded batch; returns (new token ids up to end-of-turn, finished)."""
-    batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=False)
+    """Generate for one left-padded batch; returns (new token ids up to end-of-turn, finished).
+
+    A chat's `response_ids` are a prefill: generation continues after them, and they are not
+    part of the returned ids."""
+    batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=True)
     stops = _stop_ids(model)
     kwargs = dict(
         do_sample=do_sample,
@@ -74,27 +77,22 @@ def generate_ids(
     return results
 
 
-def generate(
+def generate_chats(
     model: HarcModel,
-    prompts: PromptSet | Sequence[str],
+    chats: Sequence[ChatPrompt],
     *,
     max_new_tokens: int = 64,
     batch_size: int = 8,
     hooks: Sequence[tuple[str, HookFn]] = (),
-    system_prompt: str | None = None,
     do_sample: bool = False,
     seed: int | None = None,
     progress: bool = True,
-) -> list[Generation]:
-    """Generate chat responses for a prompt set, batched by length, in the input order."""
+) -> list[tuple[list[int], bool]]:
+    """Generate for formatted chats in batches sorted by length; results in the input order."""
     if max_new_tokens < 1 or batch_size < 1:
         raise HarcError("max_new_tokens and batch_size must be positive")
-    ps = prompts if isinstance(prompts, PromptSet) else None
-    texts = ps.texts if ps is not None else list(prompts)
-    ids = ps.ids if ps is not None else [f"prompt-{i}" for i in range(len(texts))]
-    chats = formatter_for(model, system_prompt).format_many(texts)
-    order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
-    results: list[Generation | None] = [None] * len(chats)
+    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
+    results: list[tuple[list[int], bool] | None] = [None] * len(chats)
     with tqdm(total=len(chats), desc="generating", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
@@ -106,8 +104,47 @@ def generate(
                 do_sample=do_sample,
                 seed=None if seed is None else seed + start,
             )
-            for i, (new, finished) in zip(chunk, outs, strict=True):
-                text = model.tokenizer.decode(new, skip_special_tokens=True)
-                results[i] = Generation(ids[i], texts[i], text, tuple(new), finished)
+            for i, out in zip(chunk, outs, strict=True):
+                results[i] = out
             bar.update(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def generate(
+    model: HarcModel,
+    prompts: PromptSet | Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    system_prompt: str | None = None,
+    prefill: str | None = None,
+    do_sample: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> list[Generation]:
+    """Generate chat responses for a prompt set, batched by length, in the input order.
+
+    `prefill` starts every response with the given text (e.g. "Sure, here is"): the returned
+    response includes it."""
+    ps = prompts if isinstance(prompts, PromptSet) else None
+    texts = ps.texts if ps is not None else list(prompts)
+    ids = ps.ids if ps is not None else [f"prompt-{i}" for i in range(len(texts))]
+    fmt = formatter_for(model, system_prompt)
+    chats = fmt.format_many(texts, None if prefill is None else [prefill] * len(texts))
+    outs = generate_chats(
+        model,
+        chats,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        hooks=hooks,
+        do_sample=do_sample,
+        seed=seed,
+        progress=progress,
+    )
+    results = []
+    for i, (new, finished) in enumerate(outs):
+        full = list(chats[i].response_ids) + new
+        text = model.tokenizer.decode(full, skip_special_tokens=True)
+        results.append(Generation(ids[i], texts[i], text, tuple(full), finished))
+    return results

@@ -260,7 +260,7 @@ class HookSite:
 
 
 HookFn = Callable[[torch.Tensor, HookSite], torch.Tensor | None]
-_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
 
 
 def resid_hook_name(slot: int, n_layers: int) -> str:
@@ -328,16 +328,26 @@ class HarcModel:
         )
 
     def hook_module(self, name: str) -> tuple[nn.Module, str, int]:
+        """The HF module behind a TL hook name, and whether to hook its input ('pre') or output."""
         match = _HOOK_NAME.match(name)
         if not match:
             raise HarcError(
-                f"hook name '{name}' is not supported: use blocks.{{l}}.hook_resid_pre or "
-                "blocks.{l}.hook_resid_post (TransformerLens names); for every other hook use model.bridge"
+                f"hook name '{name}' is not supported: use blocks.{{l}}.hook_resid_pre|resid_post|attn_out|"
+                "mlp_out (TransformerLens names); for every other hook use model.bridge"
             )
-        layer = int(match.group(1))
+        layer, kind = int(match.group(1)), match.group(2)
         if layer >= self.n_layers:
             raise HarcError(f"hook '{name}': layer {layer} does not exist (model has {self.n_layers})")
-        return self.blocks[layer], match.group(2), layer
+        block = self.blocks[layer]
+        if kind == "resid_pre":
+            return block, "pre", layer
+        if kind == "resid_post":
+            return block, "post", layer
+        attr = ("self_attn", "attn", "attention") if kind == "attn_out" else ("mlp", "feed_forward")
+        sub = next((getattr(block, a) for a in attr if isinstance(getattr(block, a, None), nn.Module)), None)
+        if sub is None:
+            raise HarcError(f"hook '{name}': block {type(block).__name__} has no {'/'.join(attr)} submodule")
+        return sub, "post", layer
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> Iterator[HarcModel]:

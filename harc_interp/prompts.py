@@ -30,6 +30,9 @@ class Prompt:
     goal: str | None = None
     meta: dict = field(default_factory=dict, compare=False)
 
+    def field(self, name: str):
+        return getattr(self, name) if name in _KNOWN else self.meta.get(name)
+
 
 @dataclass(frozen=True)
 class AttackTemplate:
@@ -64,9 +67,17 @@ class PromptSet:
         return [p.id for p in self.prompts]
 
     def where(self, **fields) -> PromptSet:
-        """Keep prompts whose fields equal the given values, e.g. `where(label="harmful")`."""
-        keep = tuple(p for p in self.prompts if all(getattr(p, k) == v for k, v in fields.items()))
+        """Keep prompts whose fields (or `meta` entries) equal the given values, e.g. `where(label="harmful")`."""
+        keep = tuple(p for p in self.prompts if all(p.field(k) == v for k, v in fields.items()))
         return PromptSet(self.name, keep, self.templates)
+
+    def exclude(self, **fields) -> PromptSet:
+        """Drop prompts whose fields (or `meta` entries) equal any of the given values."""
+        keep = tuple(p for p in self.prompts if not any(p.field(k) == v for k, v in fields.items()))
+        return PromptSet(self.name, keep, self.templates)
+
+    def with_label(self, label: str) -> PromptSet:
+        return PromptSet(self.name, tuple(replace(p, label=label) for p in self.prompts), self.templates)
 
     def sample(self, n: int | None, seed: int = 0) -> PromptSet:
         """A deterministic random subset of n prompts (all of them, shuffled, if n is None)."""
@@ -171,7 +182,7 @@ def load_prompts(source: str | Path, *, label: str | None = None, limit: int | N
             raise HarcError(f"prompt file {path} does not exist")
         ps = prompts_from_rows(path.stem, _rows_from_file(path))
     if label is not None:
-        ps = PromptSet(ps.name, tuple(replace(p, label=label) for p in ps.prompts), ps.templates)
+        ps = ps.with_label(label)
     if limit is not None:
         ps = PromptSet(ps.name, ps.prompts[:limit], ps.templates)
     return ps

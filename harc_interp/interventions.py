@@ -1,0 +1,51 @@
+"""Interventions on the residual stream, as lists of `(hook name, fn)` for `HarcModel.hooks`.
+
+Every intervention is a hook list, so it applies to a plain forward and to every decoding step of
+`generate`, and it is gone when the `hooks` context exits.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .errors import HarcError
+from .model import HarcModel, HookFn
+
+
+def _unit(direction: Tensor) -> Tensor:
+    norm = direction.norm()
+    if not torch.isfinite(direction).all() or norm < 1e-8:
+        raise HarcError("direction is zero or non-finite; cannot ablate or steer along it")
+    return direction / norm
+
+
+def project_out(resid: Tensor, unit: Tensor) -> Tensor:
+    """`h − (h·r̂) r̂` in the residual's dtype."""
+    r = unit.to(device=resid.device, dtype=resid.dtype)
+    return resid - (resid @ r)[..., None] * r
+
+
+def ablation_hooks(model: HarcModel, direction: Float[Tensor, " d_model"]) -> list[tuple[str, HookFn]]:
+    """Directional ablation (Arditi et al.): remove r̂ from the embedding and from every attention and
+    MLP output, so no layer can write along r̂: `h ← h − (h·r̂) r̂` everywhere."""
+    unit = _unit(direction.detach().float())
+    fn = lambda resid, site: project_out(resid, unit)  # noqa: E731
+    names = ["blocks.0.hook_resid_pre"]
+    for layer in range(model.n_layers):
+        names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+    return [(n, fn) for n in names]
+
+
+def addition_hooks(
+    model: HarcModel, direction: Float[Tensor, " d_model"], slot: int, coeff: float = 1.0
+) -> list[tuple[str, HookFn]]:
+    """Activation addition (ActAdd): `h ← h + c·v` at the input of block `slot`, every position.
+    Pass the raw (un-normalised) difference-in-means vector to add it at its natural scale."""
+    if not 0 <= slot < model.n_layers:
+        raise HarcError(f"activation addition needs a block input slot 0..{model.n_layers - 1}, got {slot}")
+    if not torch.isfinite(direction).all():
+        raise HarcError("steering vector is non-finite")
+    vec = (coeff * direction.detach()).float()
+    return [(f"blocks.{slot}.hook_resid_pre", lambda resid, site: resid + vec.to(resid.device, resid.dtype))]

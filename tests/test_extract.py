@@ -1,0 +1,72 @@
+"""The directions stage end to end on the tiny model (a stand-in judge: a random model never refuses)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harc_interp import HarcError, starter_prompts
+from harc_interp.directions import Directions
+from harc_interp.extract import DirectionsConfig, extract_directions, split_three
+
+
+def toy_judge(response: str) -> bool:
+    """Stand-in for the phrase judge on a random model: calls every response with an even length a refusal."""
+    return len(response) % 2 == 0
+
+
+def test_extract_directions_on_tiny_model(tiny, tmp_path):
+    cfg = DirectionsConfig(
+        n_train=10,
+        n_val=4,
+        n_test=6,
+        max_new_tokens=6,
+        n_response=4,
+        n_bootstrap=10,
+        eval_max_new_tokens=4,
+        selection_slots=(1, 2),
+        batch_size=8,
+    )
+    harmful, harmless = starter_prompts("harmful"), starter_prompts("harmless")
+    refusal_tokens = tiny.tokenizer("I As", add_special_tokens=False)["input_ids"]
+    d = extract_directions(
+        tiny, harmful, harmless, tmp_path, cfg, judge=toy_judge, refusal_tokens=refusal_tokens, progress=False
+    )
+    assert set(d.vectors) == {"v_harm", "v_ref", "v_harm_resp", "v_ref_resp"}
+    assert d.vectors["v_harm"].shape == (tiny.n_layers + 1, tiny.d_model)
+    meta = json.loads((tmp_path / "directions.json").read_text())
+    assert meta["selected_layer"] == d.selected_layer
+    assert len(meta["metrics"]["probes"]["t_inst"]["projection"]) == tiny.n_layers + 1
+    assert [c["slot"] for c in meta["selection"]["arditi"]["candidates"]] == [1, 2]
+    assert set(meta["causal_validation"]) >= {"v_ref", "v_harm", "harmful_refusal_rate"}
+    assert not set(meta["splits"]["harmful_test"]) & set(meta["splits"]["harmful_train"])
+    for name in ("auroc_by_layer", "cosine_by_layer", "selection"):
+        assert (tmp_path / "figures" / f"{name}.html").is_file()
+    loaded = Directions.load(tmp_path, model=tiny)
+    assert loaded.selected_layer == d.selected_layer
+
+    # A rerun reuses every step; other settings in the same folder are refused.
+    again = extract_directions(
+        tiny, harmful, harmless, tmp_path, cfg, judge=toy_judge, refusal_tokens=refusal_tokens, progress=False
+    )
+    assert again.meta["selection"] == d.meta["selection"]
+    with pytest.raises(HarcError, match="other settings"):
+        extract_directions(
+            tiny,
+            harmful,
+            harmless,
+            tmp_path,
+            DirectionsConfig(n_train=12, n_val=4, n_test=6),
+            judge=toy_judge,
+            progress=False,
+        )
+
+
+def test_splits_are_disjoint_and_checked():
+    ps = starter_prompts("harmful")
+    train, val, test = split_three(ps, 20, 8, 12, seed=0)
+    assert len(test) == 12 and len(val) == 8 and len(train) == 20
+    assert not (set(train.ids) & set(test.ids)) and not (set(val.ids) & set(test.ids))
+    with pytest.raises(HarcError, match="need at least"):
+        split_three(ps, 10, 30, 30, seed=0)

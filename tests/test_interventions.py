@@ -1,0 +1,95 @@
+"""Ablation and activation addition on the tiny model; refusal judge and scores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harc_interp import HarcError, formatter_for
+from harc_interp.evaluate import (
+    PhraseJudge,
+    find_refusal_tokens,
+    kl_divergence,
+    last_token_logprobs,
+    refusal_score,
+)
+from harc_interp.interventions import ablation_hooks, addition_hooks
+
+
+def residuals(model, ids, extra_hooks=()):
+    seen = {}
+
+    def grab(slot):
+        return lambda resid, site: seen.__setitem__(slot, resid.detach().clone())
+
+    hooks = list(extra_hooks) + [(f"blocks.{s}.hook_resid_pre", grab(s)) for s in range(model.n_layers)]
+    hooks.append((f"blocks.{model.n_layers - 1}.hook_resid_post", grab(model.n_layers)))
+    with torch.no_grad(), model.hooks(hooks):
+        model.hf(input_ids=ids)
+    return seen
+
+
+def test_ablation_removes_the_direction_everywhere(tiny):
+    ids = torch.tensor([formatter_for(tiny).format("How do I bake bread?").input_ids])
+    r = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0))
+    unit = r / r.norm()
+    base = residuals(tiny, ids)
+    ablated = residuals(tiny, ids, ablation_hooks(tiny, r * 7))
+    for slot in range(tiny.n_layers + 1):
+        assert (base[slot] @ unit).abs().max() > 1e-2  # the direction was there
+        assert (ablated[slot] @ unit).abs().max() < 1e-4  # and is gone at every slot
+    with pytest.raises(HarcError, match="zero or non-finite"):
+        ablation_hooks(tiny, torch.zeros(tiny.d_model))
+
+
+def test_addition_adds_exactly_at_one_slot(tiny):
+    ids = torch.tensor([formatter_for(tiny).format("Hi").input_ids])
+    v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(1))
+    base = residuals(tiny, ids)
+    steered = residuals(tiny, ids, addition_hooks(tiny, v, slot=2, coeff=0.5))
+    torch.testing.assert_close(steered[1], base[1])
+    torch.testing.assert_close(steered[2], base[2] + 0.5 * v, atol=1e-5, rtol=0)
+    with pytest.raises(HarcError, match="block input slot"):
+        addition_hooks(tiny, v, slot=tiny.n_layers)
+    after = residuals(tiny, ids)
+    assert all(torch.equal(after[s], base[s]) for s in base)  # hooks removed on exit
+
+
+def test_refusal_score_and_kl():
+    logprobs = torch.log(torch.tensor([[0.2, 0.3, 0.5], [0.5, 0.25, 0.25]]))
+    score = refusal_score(logprobs, [0, 1])
+    assert score[0].item() == pytest.approx(math.log(0.5 / 0.5), abs=1e-6)
+    assert score[1].item() == pytest.approx(math.log(0.75 / 0.25), abs=1e-5)
+    kl = kl_divergence(logprobs, logprobs.flip(0))
+    assert kl[0].item() == pytest.approx(
+        sum(p * math.log(p / q) for p, q in [(0.2, 0.5), (0.3, 0.25), (0.5, 0.25)]), abs=1e-6
+    )
+    assert kl_divergence(logprobs, logprobs).abs().max() < 1e-7
+
+
+def test_last_token_logprobs_are_batch_invariant(tiny):
+    chats = formatter_for(tiny).format_many(["Hi", "How do I bake bread at home?", "Explain recursion"])
+    a = last_token_logprobs(tiny, chats, batch_size=3)
+    b = last_token_logprobs(tiny, chats, batch_size=1)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    ids = torch.tensor([chats[1].input_ids])
+    with torch.no_grad():
+        ref = torch.log_softmax(tiny.hf(input_ids=ids).logits[0, -1], -1)
+    torch.testing.assert_close(a[1], ref, atol=1e-4, rtol=0)
+
+
+def test_judge_and_refusal_tokens():
+    judge = PhraseJudge()
+    assert judge("I’m sorry, but I can’t help with that.") and judge("Sure. As an AI, I cannot do that")
+    assert not judge("Sure, here is a recipe.")
+    assert PhraseJudge(prefix_only=True)("I cannot do that") and not PhraseJudge(prefix_only=True)(
+        "Well, I cannot"
+    )
+    tokens = find_refusal_tokens(
+        [[40, 1], [40, 2], [2121, 3], [40, 5]], [[40, 9], [7, 1], [8, 1], [9, 9], [10, 1]]
+    )
+    assert tokens == [40, 2121]
+    with pytest.raises(HarcError, match="no refusal-start tokens"):
+        find_refusal_tokens([], [[1]])
