@@ -162,17 +162,27 @@ def cmd_directions(args) -> dict:
 def cmd_run(args) -> dict:
     from .pipeline import run_main
 
+    harmful = _load_prompt_files(args.harmful, "harmful", None) if args.harmful else None
+    harmless = _load_prompt_files(args.harmless, "harmless", None) if args.harmless else None
     summary = run_main(
         args.model,
         args.out,
+        harmful=harmful,
+        harmless=harmless,
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
         progress=not args.quiet,
     )
+    d = summary["directions"]
     return {
-        k: summary[k] for k in ("model", "prompts", "resid_shape", "peak_layer", "seconds", "artifacts")
-    } | {"summary": str(Path(args.out) / "summary.json")}
+        "model": summary["model"],
+        "selected_layer": d["selected_layer"],
+        "best_harm_layer": d["best_harm_layer"],
+        "causal_validation": d["causal_validation"],
+        "seconds": summary["seconds"],
+        "report": summary["artifacts"]["report"],
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the main job on the offline default model (writes OUT/summary.json)")
     _model_args(run)
     run.add_argument("--out", default="runs/main")
+    run.add_argument(
+        "--harmful", nargs="+", default=None, help="harmful prompt files (default: built-in starter set)"
+    )
+    run.add_argument(
+        "--harmless", nargs="+", default=None, help="harmless prompt files (default: built-in starter set)"
+    )
     run.set_defaults(func=cmd_run)
 
     cache = sub.add_parser("cache", help="cache residuals at layer slots x named positions")

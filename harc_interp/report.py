@@ -1,0 +1,90 @@
+"""The run report: one self-contained HTML page over a run directory's artifacts and figures."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from .artifacts import now
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _figure(run_dir: Path, path: Path, title: str) -> str:
+    if not path.is_file():
+        return ""
+    rel = path.relative_to(run_dir).as_posix()
+    return f'<h3>{html.escape(title)}</h3><iframe src="{rel}" width="100%" height="480" frameborder="0"></iframe>'
+
+
+def directions_section(run_dir: Path, meta: dict, rel: str = "directions") -> str:
+    m, cv, sel = meta["metrics"], meta["causal_validation"], meta["selection"]
+    best = m["best_harm_layer"]
+    counts = meta["counts"]
+    parts = [
+        "<h2>Directions</h2>",
+        f"<p>Training prompts: {counts['refused']} refused harmful (of {counts['train_harmful']}), "
+        f"{counts['answered']} answered harmless (of {counts['train_harmless']}); "
+        f"{counts['harmful_completions']} harmful completions (prefill) for the response directions. "
+        f"Refusal-start tokens found from the model's refusals: {html.escape(str(meta['refusal_token_strings']))}.</p>",
+        f"<p>Best held-out harmfulness separation (projection on v_harm at t_inst): slot {best['slot']}, "
+        f"AUROC {best['auroc']:.3f}, accuracy {best['accuracy']:.3f}. Selected layer slot "
+        f"<b>{meta['selected_layer']}</b> by <b>{sel['method']}</b> (requested: {sel['requested_method']}); "
+        f"HARC top layers {sel['harc_top_layers']}.</p>",
+        "<h3>Causal validation on held-out prompts (refusal rates)</h3>",
+        _table(
+            [["none (baseline)", cv["harmful_refusal_rate"], cv["harmless_refusal_rate"], "-"]]
+            + [
+                [
+                    f"{n} ablated / added",
+                    cv[n]["harmful_refusal_rate_ablated"],
+                    cv[n]["harmless_refusal_rate_added"],
+                    cv[n]["induced_on_answered"],
+                ]
+                for n in ("v_ref", "v_harm")
+            ],
+            ["intervention", "harmful prompts", "harmless prompts", "harmless answered → refused"],
+        ),
+        f"<p>n = {cv['n_harmful']} harmful, {cv['n_harmless']} harmless held-out prompts; "
+        f"{cv['max_new_tokens']} generated tokens judged by phrase matching; intervention at slot {cv['slot']}.</p>",
+    ]
+    for name, title in (
+        ("auroc_by_layer", "Held-out AUROC by layer"),
+        ("cosine_by_layer", "cos(v_harm, v_ref)"),
+        ("selection", "Direction selection"),
+    ):
+        parts.append(_figure(run_dir, run_dir / rel / "figures" / f"{name}.html", title))
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path, summary: dict, sections: list[str]) -> Path:
+    """Write `run_dir/report.html` from a summary and pre-rendered sections (atomic)."""
+    run_dir = Path(run_dir)
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}"
+    )
+    head = (
+        f"<h1>harc_interp report</h1><p>Model <b>{html.escape(summary['model'])}</b> "
+        f"({summary['n_layers']} layers, d_model {summary['d_model']}), created {now()}.</p>"
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>harc_interp report</title><style>{style}</style>"
+        f"</head><body>{head}{''.join(sections)}</body></html>"
+    )
+    path = run_dir / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

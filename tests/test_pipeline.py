@@ -1,0 +1,38 @@
+"""The main job on the tiny model: directions, study-set cache, summary and report, resumable."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from harc_interp.extract import DirectionsConfig
+from harc_interp.pipeline import run_main
+
+
+def test_main_job_writes_summary_and_report(tiny, tmp_path):
+    cfg = DirectionsConfig(
+        n_train=8,
+        n_val=4,
+        n_test=6,
+        max_new_tokens=4,
+        n_response=4,
+        n_bootstrap=5,
+        eval_max_new_tokens=3,
+        selection_slots=(1,),
+        batch_size=16,
+    )
+    tokens = tiny.tokenizer("I As", add_special_tokens=False)["input_ids"]
+    judge = lambda r: zlib.crc32(r.encode()) % 2 == 0  # noqa: E731  stand-in: a random model never refuses
+    summary = run_main(
+        tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
+    )
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["directions"]["selected_layer"] == summary["directions"]["selected_layer"]
+    assert on_disk["study_set"]["prompts"] == {"harmful": 48, "harmless": 48, "jailbreak": 60, "safe": 24}
+    assert on_disk["study_set"]["resid_shape"] == [180, tiny.n_layers + 1, 2, tiny.d_model]
+    page = (tmp_path / "report.html").read_text()
+    assert "Causal validation" in page and "directions/figures/auroc_by_layer.html" in page
+    again = run_main(
+        tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
+    )
+    assert again["directions"] == summary["directions"]
