@@ -36,7 +36,7 @@ from .artifacts import (
 )
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .errors import HarcError
-from .model import HarcModel, resid_hook_name
+from .model import HarcModel, HookFn, resid_hook_name
 from .prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,11 @@ def residuals_for_batch(
     slots: Sequence[int],
     positions: Sequence[str],
     n_response: int = 32,
+    hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> Float[Tensor, "batch layer npos d_model"]:
-    """One left-padded forward pass; returns float32 CPU residuals at the named positions."""
+    """One left-padded forward pass; returns float32 CPU residuals at the named positions.
+
+    `hooks` (an intervention) run before the capture hooks, so the cache sees their effect."""
     n_post = len(prompts[0].post_instruction)
     for p in prompts:
         if "post_instruction" in positions and len(p.post_instruction) != n_post:
@@ -179,8 +182,8 @@ def residuals_for_batch(
 
         return fn
 
-    hooks = [(resid_hook_name(s, model.n_layers), capture(i, s)) for i, s in enumerate(slots)]
-    with torch.no_grad(), model.hooks(hooks):
+    captures = [(resid_hook_name(s, model.n_layers), capture(i, s)) for i, s in enumerate(slots)]
+    with torch.no_grad(), model.hooks([*hooks, *captures]), model.span(batch.from_inst.to(device)):
         try:
             model.hf(
                 input_ids=batch.input_ids.to(device),
@@ -209,14 +212,17 @@ def cache_residuals(
     out_dir: str | Path | None = None,
     responses: Sequence[str | Sequence[int]] | None = None,
     config: CacheConfig = CacheConfig(),
+    hooks: Sequence[tuple[str, HookFn]] = (),
     progress: bool = True,
 ) -> Activations:
     """Cache residuals for a prompt set; with `out_dir`, stream shards to disk and resume a broken run.
 
     Writes `out_dir/activations.safetensors` (`resid[prompt, layer, position, d_model]`) and
     `out_dir/activations.json` (model, template hash, layers, positions, hook names, prompt ids,
-    labels, versions).
+    labels, versions). `hooks` caches the residuals of an intervened model (in memory only).
     """
+    if hooks and out_dir is not None:
+        raise HarcError("caching under an intervention is in memory only: pass out_dir=None")
     ps = prompts if isinstance(prompts, PromptSet) else PromptSet("prompts", tuple(_as_prompts(prompts)))
     if len(ps) == 0:
         raise HarcError("no prompts to cache")
@@ -254,7 +260,7 @@ def cache_residuals(
             yield (
                 chunk,
                 residuals_for_batch(
-                    model, [chats[j] for j in chunk], slots, config.positions, config.n_response
+                    model, [chats[j] for j in chunk], slots, config.positions, config.n_response, hooks
                 ),
             )
             bar.update(len(chunk))

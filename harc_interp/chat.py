@@ -166,6 +166,7 @@ class Batch:
     input_ids: torch.Tensor  # [batch, pos]
     attention_mask: torch.Tensor  # [batch, pos]
     offset: torch.Tensor  # [batch]
+    from_inst: torch.Tensor  # [batch, pos] bool: t_inst and every later token (prompt suffix, response)
 
 
 def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = True) -> Batch:
@@ -174,11 +175,13 @@ def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = T
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     offset = torch.empty(len(seqs), dtype=torch.long)
+    from_inst = torch.zeros((len(seqs), width), dtype=torch.bool)
     for b, s in enumerate(seqs):
         offset[b] = width - len(s)
         ids[b, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         mask[b, width - len(s) :] = 1
-    return Batch(ids, mask, offset)
+        from_inst[b, offset[b] + prompts[b].t_inst :] = True
+    return Batch(ids, mask, offset, from_inst)
 
 
 def pad_token_id(tokenizer) -> int:

@@ -62,7 +62,8 @@ def generate_ids(
         kwargs |= dict(temperature=None, top_p=None, top_k=None)
     # HF samples from the global RNG: seed a forked copy so the caller's RNG state is untouched.
     devices = [model.device] if model.device.type == "cuda" else []
-    with torch.no_grad(), model.hooks(hooks), torch.random.fork_rng(devices=devices):
+    span = model.span(batch.from_inst.to(model.device))
+    with torch.no_grad(), model.hooks(hooks), span, torch.random.fork_rng(devices=devices):
         torch.manual_seed(0 if seed is None else seed)
         out = model.hf.generate(
             input_ids=batch.input_ids.to(model.device),

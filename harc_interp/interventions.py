@@ -6,6 +6,8 @@ Every intervention is a hook list, so it applies to a plain forward and to every
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -27,14 +29,25 @@ def project_out(resid: Tensor, unit: Tensor) -> Tensor:
     return resid - (resid @ r)[..., None] * r
 
 
-def ablation_hooks(model: HarcModel, direction: Float[Tensor, " d_model"]) -> list[tuple[str, HookFn]]:
+def ablation_hooks(
+    model: HarcModel,
+    direction: Float[Tensor, " d_model"],
+    layers: Sequence[int] | None = None,
+    residual: bool = False,
+) -> list[tuple[str, HookFn]]:
     """Directional ablation (Arditi et al.): remove r̂ from the embedding and from every attention and
-    MLP output, so no layer can write along r̂: `h ← h − (h·r̂) r̂` everywhere."""
+    MLP output, so no layer can write along r̂: `h ← h − (h·r̂) r̂` everywhere. With `layers`, only
+    those blocks' outputs (plus the embedding) are ablated: e.g. `range(l)` removes r̂ from everything
+    upstream of block l, which is what a jailbreak that suppresses one direction does. With
+    `residual=True` the residual stream itself is also projected at every chosen block's input, which
+    also removes what any other hook wrote into it (the strongest white-box attack)."""
     unit = _unit(direction.detach().float())
     fn = lambda resid, site: project_out(resid, unit)  # noqa: E731
     names = ["blocks.0.hook_resid_pre"]
-    for layer in range(model.n_layers):
+    for layer in range(model.n_layers) if layers is None else layers:
         names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        if residual and layer > 0:
+            names.append(f"blocks.{layer}.hook_resid_pre")
     return [(n, fn) for n in names]
 
 

@@ -293,6 +293,7 @@ class HarcModel:
         self.d_model: int = cfg.hidden_size
         self.context_length: int | None = getattr(cfg, "max_position_embeddings", None)
         self.blocks = _find_decoder_layers(hf, self.n_layers)
+        self.span_mask: torch.Tensor | None = None  # [batch, pos] of the running batch, see `span`
 
     @property
     def device(self) -> torch.device:
@@ -348,6 +349,24 @@ class HarcModel:
         if sub is None:
             raise HarcError(f"hook '{name}': block {type(block).__name__} has no {'/'.join(attr)} submodule")
         return sub, "post", layer
+
+    @contextlib.contextmanager
+    def span(self, mask: torch.Tensor | None) -> Iterator[HarcModel]:
+        """Declare which positions of the running batch an intervention may edit ([batch, pos] bool;
+        the package's forward and generate helpers pass `Batch.from_inst`: t_inst onwards). Hooks read
+        it through `span_weights`; decoding steps (fewer positions than the mask) are all in the span."""
+        previous, self.span_mask = self.span_mask, mask
+        try:
+            yield self
+        finally:
+            self.span_mask = previous
+
+    def span_weights(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos, 1] weights (1 inside the span) for a residual, or None to edit every position."""
+        mask = self.span_mask
+        if mask is None or resid.shape[1] != mask.shape[1]:
+            return None
+        return mask.to(device=resid.device, dtype=resid.dtype)[..., None]
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> Iterator[HarcModel]:

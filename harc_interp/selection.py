@@ -67,6 +67,10 @@ def arditi_select(
     todo = [(s, p, gp) for s in slots for p, gp in zip(positions, grid_positions, strict=True)]
     for slot, name, grid_pos in tqdm(todo, desc="selecting direction", disable=not progress):
         vec = directions.grid_raw(slot, grid_pos)
+        if vec.norm() < 1e-6:  # e.g. template tokens at the embedding: the same token in every prompt
+            nan = float("nan")
+            candidates.append(Candidate(slot, name, nan, nan, nan, False, "zero direction"))
+            continue
         ablate = ablation_hooks(model, vec)
         bypass = refusal_score(
             last_token_logprobs(model, harmful, hooks=ablate, batch_size=batch_size), refusal_tokens

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite never touches the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -28,3 +29,31 @@ def real():
     from harc_interp import load_model
 
     return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_directions(tiny):
+    """Directions for the tiny model from the starter prompts (selected layer 2), with response directions."""
+    from harc_interp import CacheConfig, cache_residuals, starter_prompts
+    from harc_interp.directions import add_response_directions, directions_from_activations
+
+    harmful = starter_prompts("harmful").sample(16, seed=0)
+    harmless = starter_prompts("harmless").sample(16, seed=0)
+    acts = cache_residuals(
+        tiny,
+        harmful + harmless,
+        config=CacheConfig(positions=("t_inst", "t_post", "post_instruction")),
+        progress=False,
+    )
+    mask = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
+    d = directions_from_activations(acts, mask, ~mask)
+    resp_cfg = CacheConfig(positions=("response_mean",), n_response=4)
+    caches = [
+        cache_residuals(tiny, ps, responses=[r] * len(ps), config=resp_cfg, progress=False)
+        for ps, r in (
+            (harmful, "Sure, here is how to do it"),
+            (harmful, "I'm sorry, I can't help"),
+            (harmless, "Of course! First,"),
+        )
+    ]
+    return add_response_directions(d, *caches).with_meta(selected_layer=2)

@@ -1,0 +1,160 @@
+"""The confined coupling intervention: a learned map on harmfulness–refusal plane coordinates.
+
+At each chosen layer slot l (a block input), for every position from t_inst to the last prompt token
+and every response position (all decoding steps):
+
+    h' = h + U (f(Uᵀh) − Uᵀh)
+
+U [d_model, 2] is a frozen orthonormal basis of span{v_harm, v_ref} at l (U[:, 0] = v̂_harm,
+U[:, 1] = the part of v̂_ref orthogonal to it), and f: R² → R² is a small learned map, the identity at
+initialisation, that couples the two coordinates (high harmfulness raises refusal and vice versa).
+Only f trains; the model is frozen. h' − h lies in the plane by construction, so everything
+orthogonal to the plane is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from .artifacts import load_tensors, now, read_json, save_tensors, write_json
+from .directions import Directions
+from .errors import HarcError
+from .model import HarcModel, HookFn
+
+
+def plane_basis(
+    v_harm: Float[Tensor, " d_model"], v_ref: Float[Tensor, " d_model"]
+) -> Float[Tensor, "d_model 2"]:
+    """Orthonormal basis of span{v_harm, v_ref} by Gram–Schmidt (harmfulness first)."""
+    a = v_harm.double() / v_harm.double().norm()
+    b = v_ref.double() - (v_ref.double() @ a) * a
+    if b.norm() < 0.1 * v_ref.double().norm():  # |cos| > 0.995
+        raise HarcError("v_harm and v_ref are (nearly) collinear at this layer: they span no plane")
+    return torch.stack([a, b / b.norm()], dim=1).float()
+
+
+class PlaneMap(nn.Module):
+    """f(z) = z + σ ⊙ g((z − μ) / σ): a residual MLP in standardised plane coordinates.
+
+    The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen) put
+    the coordinates on a unit scale so one learning rate fits every layer."""
+
+    def __init__(self, mu: Tensor, sigma: Tensor, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("mu", mu.float().clone())
+        self.register_buffer("sigma", sigma.float().clamp_min(1e-6).clone())
+        self.inp = nn.Linear(2, hidden)
+        self.out = nn.Linear(hidden, 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, z: Float[Tensor, "*batch 2"]) -> Float[Tensor, "*batch 2"]:
+        u = (z - self.mu) / self.sigma
+        return z + self.sigma * self.out(torch.tanh(self.inp(u)))
+
+
+class CouplingIntervention(nn.Module):
+    """Plane maps at a few layer slots; `hooks(model)` applies them, `.apply(model)` as a context."""
+
+    def __init__(
+        self,
+        slots: Sequence[int],
+        bases: Tensor,
+        mus: Tensor,
+        sigmas: Tensor,
+        hidden: int = 32,
+        meta: dict | None = None,
+    ):
+        super().__init__()
+        if len(slots) != bases.shape[0] or bases.shape[-1] != 2:
+            raise HarcError(
+                f"need one [d_model, 2] basis per slot, got {tuple(bases.shape)} for {len(slots)} slots"
+            )
+        self.slots = tuple(int(s) for s in slots)
+        self.hidden = hidden
+        self.register_buffer("bases", bases.float().clone())  # [slot, d_model, 2], frozen
+        self.maps = nn.ModuleList(PlaneMap(m, s, hidden) for m, s in zip(mus, sigmas, strict=True))
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def from_directions(
+        cls, d: Directions, slots: Sequence[int], mus: Tensor, sigmas: Tensor, hidden: int = 32, seed: int = 0
+    ) -> CouplingIntervention:
+        bases = torch.stack([plane_basis(d.unit("v_harm", s), d.unit("v_ref", s)) for s in slots])
+        gen = torch.Generator().manual_seed(seed)
+        module = cls(
+            slots,
+            bases,
+            mus,
+            sigmas,
+            hidden,
+            meta={k: d.meta.get(k) for k in ("model", "model_fingerprint", "template_hash")},
+        )
+        with torch.no_grad():
+            for m in module.maps:
+                m.inp.weight.copy_(torch.randn(m.inp.weight.shape, generator=gen) / 2**0.5)
+                m.inp.bias.copy_(torch.randn(m.inp.bias.shape, generator=gen) * 0.5)
+        return module
+
+    def coordinates(self, i: int, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch 2"]:
+        return resid.float() @ self.bases[i].to(resid.device)
+
+    def edit(self, i: int, resid: Float[Tensor, "*batch d_model"], weights: Tensor | None = None) -> Tensor:
+        """h + U (f(Uᵀh) − Uᵀh), only where `weights` is 1 (all positions when None)."""
+        basis = self.bases[i].to(resid.device)
+        z = resid.float() @ basis
+        delta = (self.maps[i](z) - z) @ basis.T
+        if weights is not None:
+            delta = delta * weights.float()
+        return (resid.float() + delta).to(resid.dtype)
+
+    def hooks(self, model: HarcModel) -> list[tuple[str, HookFn]]:
+        if self.meta.get("model_fingerprint") not in (None, model.fingerprint):
+            raise HarcError(
+                f"this coupling was trained on model '{self.meta.get('model')}', not on '{model.name}'"
+            )
+        if self.bases.shape[1] != model.d_model:
+            raise HarcError(
+                f"coupling width {self.bases.shape[1]} does not match the model's d_model {model.d_model}"
+            )
+
+        def hook_for(i: int) -> HookFn:
+            return lambda resid, site: self.edit(i, resid, model.span_weights(resid))
+
+        return [(f"blocks.{s}.hook_resid_pre", hook_for(i)) for i, s in enumerate(self.slots)]
+
+    @contextlib.contextmanager
+    def apply(self, model: HarcModel) -> Iterator[HarcModel]:
+        """Run the model with the coupling; the model is exactly restored on exit."""
+        with model.hooks(self.hooks(model)):
+            yield model
+
+    def save(self, out_dir: str | Path) -> Path:
+        out_dir = Path(out_dir)
+        save_tensors(
+            out_dir / "coupling.safetensors", {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        )
+        write_json(
+            out_dir / "coupling.json",
+            self.meta
+            | {"slots": list(self.slots), "hidden": self.hidden, "kind": "subspace", "saved": now()},
+        )
+        return out_dir
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> CouplingIntervention:
+        out_dir = Path(out_dir)
+        meta = read_json(out_dir / "coupling.json")
+        state = load_tensors(out_dir / "coupling.safetensors")
+        if "bases" not in state:
+            raise HarcError(f"{out_dir}/coupling.safetensors has no 'bases': not a coupling artifact")
+        n = len(meta["slots"])
+        module = cls(meta["slots"], state["bases"], torch.zeros(n, 2), torch.ones(n, 2), meta["hidden"], meta)
+        module.load_state_dict(state)
+        return module

@@ -1,0 +1,171 @@
+"""Training the confined coupling (subspace mode): data are plane coordinates, the model stays frozen.
+
+At each coupling slot we cache the plane coordinates of every span position (t_inst and the template
+suffix) for plain harmful prompts, harmful prompts under white-box single-direction suppression
+(v_ref or v_harm ablated in every block upstream of the first coupling slot), jailbreak prompts, and
+harmless and borderline prompts. The objective, in standardised coordinates s (0 = harmless mean,
+1 = refused-harmful mean, per axis; harmfulness read at t_inst, refusal at t_post as in HARC):
+
+    harmful-like:  relu(m − s_ref) + relu(m − s_harm)
+    harmless-like: relu(s_ref − m_safe) + relu(s_harm − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
+
+Because f only sees the plane, training needs no backward pass through the model: seconds on a CPU.
+Coordinates at each slot are cached without the other slots' maps (slots train independently).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .activations import CacheConfig, cache_residuals
+from .artifacts import now, write_json
+from .coupling import CouplingIntervention, plane_basis
+from .directions import Directions
+from .errors import HarcError
+from .interventions import ablation_hooks
+from .model import HarcModel
+from .prompts import PromptSet
+from .train import TrainConfig, train_loop
+
+log = logging.getLogger(__name__)
+
+HARMFUL_LIKE = ("harmful", "harmful_ablate_ref", "harmful_ablate_harm", "jailbreak")
+HARMLESS_LIKE = ("harmless", "borderline")
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    slots: tuple[int, ...] | None = None  # None: the directions' selected layer
+    hidden: int = 32
+    margin: float = 1.0
+    safe_margin: float = 0.5
+    retention_weight: float = 10.0
+    batch_per_condition: int = 64
+    train: TrainConfig = TrainConfig(steps=400, lr=3e-3, checkpoint_every=100, log_every=20)
+    batch_size: int = 16  # forward batches when caching coordinates
+    system_prompt: str | None = None
+
+
+def plane_coordinates_dataset(
+    model: HarcModel,
+    d: Directions,
+    slots: tuple[int, ...],
+    sets: dict[str, PromptSet],
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """{condition: coords [prompt, slot, span position, 2]} in each slot's orthonormal plane basis."""
+    bases = torch.stack([plane_basis(d.unit("v_harm", s), d.unit("v_ref", s)) for s in slots])
+    first = min(slots)
+    cfg = CacheConfig(
+        layers=slots,
+        positions=("t_inst", "post_instruction"),
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+    )
+    conditions = {
+        "harmful": (sets["harmful"], ()),
+        "harmful_ablate_ref": (
+            sets["harmful"],
+            ablation_hooks(model, d.unit("v_ref", first), layers=range(first)),
+        ),
+        "harmful_ablate_harm": (
+            sets["harmful"],
+            ablation_hooks(model, d.unit("v_harm", first), layers=range(first)),
+        ),
+        "jailbreak": (sets.get("jailbreak"), ()),
+        "harmless": (sets["harmless"], ()),
+        "borderline": (sets.get("borderline"), ()),
+    }
+    out = {}
+    for name, (ps, hooks) in conditions.items():
+        if ps is None or len(ps) == 0:
+            continue
+        acts = cache_residuals(model, ps, config=cfg, hooks=hooks, progress=progress)
+        out[name] = torch.einsum("nlpd,ldk->nlpk", acts.resid, bases)
+    return out
+
+
+def standardisation(d: Directions, slots, coords: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Per slot: oblique read-out vectors e [slot, 2 (harm, ref), 2] in the plane basis, and the harmless
+    (lo) and refused-harmful (hi) means of the oblique coordinates [slot, 2]."""
+    e = []
+    for s in slots:
+        basis = plane_basis(d.unit("v_harm", s), d.unit("v_ref", s))
+        e.append(torch.stack([basis.T @ d.unit("v_harm", s), basis.T @ d.unit("v_ref", s)]))
+    e = torch.stack(e)
+
+    def oblique(z):  # [n, slot, pos, 2] -> [n, slot, 2]: harm at t_inst, ref at t_post
+        harm = torch.einsum("nlk,lk->nl", z[:, :, 0], e[:, 0])
+        ref = torch.einsum("nlk,lk->nl", z[:, :, -1], e[:, 1])
+        return torch.stack([harm, ref], dim=-1)
+
+    lo, hi = oblique(coords["harmless"]).mean(0), oblique(coords["harmful"]).mean(0)
+    if ((hi - lo).abs() < 1e-6).any():
+        raise HarcError("harmful and harmless prompts have the same plane coordinates at a coupling slot")
+    return e, lo, hi
+
+
+def train_subspace(
+    model: HarcModel,
+    d: Directions,
+    sets: dict[str, PromptSet],
+    out_dir: str | Path,
+    config: SubspaceConfig = SubspaceConfig(),
+    progress: bool = True,
+) -> CouplingIntervention:
+    """Train the confined coupling and save it to `out_dir` (coupling.safetensors + coupling.json)."""
+    out_dir = Path(out_dir)
+    slots = config.slots or (d.selected_layer,)
+    if any(s is None or not 0 <= s < model.n_layers for s in slots):
+        raise HarcError(f"coupling slots must be block inputs 0..{model.n_layers - 1}, got {slots}")
+    d.check_model(model)
+    coords = plane_coordinates_dataset(
+        model, d, tuple(slots), sets, config.batch_size, config.system_prompt, progress
+    )
+    e, lo, hi = standardisation(d, slots, coords)
+    flat = torch.cat([z.reshape(-1, len(slots), 2) for z in coords.values()])  # every position, every prompt
+    coupling = CouplingIntervention.from_directions(
+        d, slots, flat.mean(0), flat.std(0), config.hidden, seed=config.train.seed
+    )
+
+    def loss_fn(step: int, gen: torch.Generator):
+        parts, total = {}, torch.zeros(())
+        for name, z in coords.items():
+            idx = torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
+            zb = z[idx]  # [b, slot, pos, 2]
+            mapped = torch.stack([coupling.maps[i](zb[:, i]) for i in range(len(slots))], dim=1)
+            s_harm = (torch.einsum("nlk,lk->nl", mapped[:, :, 0], e[:, 0]) - lo[:, 0]) / (hi[:, 0] - lo[:, 0])
+            s_ref = (torch.einsum("nlk,lk->nl", mapped[:, :, -1], e[:, 1]) - lo[:, 1]) / (hi[:, 1] - lo[:, 1])
+            if name in HARMFUL_LIKE:
+                loss = (torch.relu(config.margin - s_ref) + torch.relu(config.margin - s_harm)).mean()
+            else:
+                sigma = torch.stack([m.sigma for m in coupling.maps])[None, :, None]
+                retention = ((mapped - zb) / sigma).pow(2).sum(-1).mean()
+                hinge = (
+                    torch.relu(s_ref - config.safe_margin) + torch.relu(s_harm - config.safe_margin)
+                ).mean()
+                loss = hinge + config.retention_weight * retention
+            parts[name] = float(loss)
+            total = total + loss
+        return total, parts
+
+    rows = train_loop(coupling, loss_fn, config.train, out_dir, progress=progress)
+    coupling.meta |= {
+        "mode": "subspace",
+        "config": asdict(config),
+        "directions_selected_layer": d.selected_layer,
+        "standardisation": {"lo": lo.tolist(), "hi": hi.tolist()},
+        "n_examples": {k: int(v.shape[0]) for k, v in coords.items()},
+        "final_losses": rows[-1] if rows else None,
+        "trained": now(),
+    }
+    coupling.save(out_dir)
+    write_json(out_dir / "train_summary.json", {"log": rows, "meta": coupling.meta})
+    return coupling

@@ -1,0 +1,110 @@
+"""Is an intervention confined to the harmfulness–refusal plane? Compare base and tuned residuals.
+
+For every layer slot and position, Δ = h_tuned − h_base is split into its in-plane part
+(U Uᵀ Δ, U an orthonormal basis of span{v_harm, v_ref} at that slot) and the rest. Reported per slot:
+the relative out-of-plane norm ‖Δ_out‖ / ‖h_base‖, the relative change ‖Δ‖ / ‖h_base‖, and the fraction
+of the change's energy in the plane against the same fraction for random 2-D subspaces (the null: a
+change with no preference for the plane puts ~2/d_model of its energy in any plane). At intervened
+slots a confined intervention has Δ_out = 0 up to float error; downstream, the model's own layers
+spread the change, which the report shows rather than hides. Plus KL on harmless prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from .activations import CacheConfig, cache_residuals
+from .chat import formatter_for
+from .coupling import plane_basis
+from .directions import Directions
+from .errors import HarcError
+from .evaluate import kl_divergence, last_token_logprobs
+from .model import HarcModel, HookFn
+from .prompts import PromptSet
+
+
+@dataclass
+class Variant:
+    """How to run one side of the comparison: hooks, and a context (e.g. a LoRA adapter on or off)."""
+
+    hooks: Sequence[tuple[str, HookFn]] = ()
+    context: Callable[[], AbstractContextManager] = field(default=nullcontext)
+
+
+def random_plane_fractions(delta: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Energy fraction of `delta` [m, d] in n random 2-D subspaces (the null distribution)."""
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, delta.shape[-1], 2, generator=gen, dtype=torch.float64))
+    total = delta.double().pow(2).sum()
+    return torch.einsum("md,ndk->nmk", delta.double(), q).pow(2).sum((1, 2)) / total
+
+
+def confinement_report(
+    model: HarcModel,
+    directions: Directions,
+    prompts: dict[str, PromptSet],
+    *,
+    base: Variant = Variant(),
+    tuned: Variant,
+    intervened_slots: Sequence[int] = (),
+    positions: tuple[str, ...] = ("t_inst", "t_post"),
+    n_null: int = 200,
+    tolerance: float = 1e-5,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Per prompt set, slot and position: where the change between base and tuned lives."""
+    slots = tuple(range(model.n_layers + 1))
+    cfg = CacheConfig(layers=slots, positions=positions, batch_size=batch_size)
+    bases = {}
+    for s in slots:
+        try:
+            bases[s] = plane_basis(directions.unit("v_harm", s), directions.unit("v_ref", s)).double()
+        except HarcError:
+            bases[s] = None  # e.g. the embedding slot, where v_ref is zero
+    report: dict = {"slots": list(slots), "positions": list(positions), "intervened_slots": list(intervened_slots),
+                    "tolerance": tolerance, "sets": {}}
+    worst_at_intervened = 0.0
+    for name, ps in prompts.items():
+        with base.context():
+            h0 = cache_residuals(model, ps, config=cfg, hooks=base.hooks, progress=progress).resid.double()
+        with tuned.context():
+            h1 = cache_residuals(model, ps, config=cfg, hooks=tuned.hooks, progress=progress).resid.double()
+        delta = h1 - h0
+        rows = []
+        for i, s in enumerate(slots):
+            for j, pos in enumerate(positions):
+                d, h = delta[:, i, j], h0[:, i, j]
+                norm_h = h.norm(dim=-1).clamp_min(1e-12)
+                row = {"slot": s, "position": pos, "rel_change": float((d.norm(dim=-1) / norm_h).mean())}
+                if bases[s] is not None:
+                    u = bases[s]
+                    inside = (d @ u) @ u.T
+                    out = d - inside
+                    row["rel_out_of_plane"] = float((out.norm(dim=-1) / norm_h).mean())
+                    energy = float(d.pow(2).sum())
+                    if energy > 1e-20:
+                        null = random_plane_fractions(d, n_null, seed + s)
+                        row["in_plane_energy_fraction"] = float(inside.pow(2).sum() / energy)
+                        row["null_mean"] = float(null.mean())
+                        row["null_p99"] = float(torch.quantile(null, 0.99))
+                    if s in intervened_slots:
+                        worst_at_intervened = max(worst_at_intervened, row["rel_out_of_plane"])
+                rows.append(row)
+        report["sets"][name] = rows
+    harmless = prompts.get("harmless")
+    if harmless is not None:
+        chats = formatter_for(model).format_many(harmless.texts)
+        with base.context():
+            lp0 = last_token_logprobs(model, chats, hooks=base.hooks, batch_size=batch_size)
+        with tuned.context():
+            lp1 = last_token_logprobs(model, chats, hooks=tuned.hooks, batch_size=batch_size)
+        report["harmless_kl"] = float(kl_divergence(lp0, lp1).mean())
+    report["max_rel_out_of_plane_at_intervened"] = worst_at_intervened
+    report["confined_at_intervened"] = bool(intervened_slots) and worst_at_intervened <= tolerance
+    return report

@@ -1,0 +1,136 @@
+"""The confined coupling: identity at init, confined to the plane, restores the model, trains, resumes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harc_interp import HarcError, formatter_for, starter_prompts
+from harc_interp.coupling import CouplingIntervention, plane_basis
+from harc_interp.subspace import SubspaceConfig, train_subspace
+from harc_interp.train import TrainConfig, train_loop
+
+
+def make(tiny_directions, slots=(2,)):
+    n = len(slots)
+    return CouplingIntervention.from_directions(
+        tiny_directions, slots, torch.zeros(n, 2), torch.ones(n, 2) * 3
+    )
+
+
+def logits(model, text="How do I bake bread?"):
+    ids = torch.tensor([formatter_for(model).format(text).input_ids])
+    with torch.no_grad():
+        return model.hf(input_ids=ids).logits
+
+
+def test_plane_basis_is_orthonormal_and_rejects_collinear():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 16, generator=g)
+    u = plane_basis(a, b)
+    torch.testing.assert_close(u.T @ u, torch.eye(2), atol=1e-6, rtol=0)
+    assert torch.allclose(u[:, 0], a / a.norm(), atol=1e-6)
+    with pytest.raises(HarcError, match="collinear"):
+        plane_basis(a, 2 * a + 1e-4 * b)
+
+
+def test_identity_at_init_and_model_restored(tiny, tiny_directions):
+    coupling = make(tiny_directions, slots=(1, 2))
+    before = logits(tiny)
+    with coupling.apply(tiny):
+        during = logits(tiny)
+    torch.testing.assert_close(during, before, atol=1e-6, rtol=0)
+    with torch.no_grad():  # a non-trivial map changes the output; exiting restores the model exactly
+        coupling.maps[0].out.weight.normal_()
+        coupling.maps[0].out.bias.fill_(5.0)
+    with coupling.apply(tiny):
+        changed = logits(tiny)
+    assert (changed - before).abs().max() > 1e-3
+    assert torch.equal(logits(tiny), before)
+
+
+def test_edit_is_confined_to_the_plane(tiny_directions):
+    coupling = make(tiny_directions)
+    with torch.no_grad():
+        coupling.maps[0].out.weight.normal_()
+        coupling.maps[0].out.bias.normal_()
+    h = torch.randn(3, 7, tiny_directions.vectors["v_harm"].shape[1]) * 4
+    edited = coupling.edit(0, h)
+    u = coupling.bases[0]
+    out_plane = lambda x: x - (x @ u) @ u.T  # noqa: E731
+    torch.testing.assert_close(out_plane(edited), out_plane(h), atol=1e-5, rtol=0)
+    assert (edited - h).norm() > 1e-2
+    w = torch.zeros(3, 7, 1)
+    w[:, 4:] = 1
+    partial = coupling.edit(0, h, w)
+    torch.testing.assert_close(partial[:, :4], h[:, :4])  # outside the span: untouched
+
+
+def test_coupling_artifact_round_trip_and_model_check(tiny, tiny_directions, tmp_path):
+    coupling = make(tiny_directions)
+    with torch.no_grad():
+        coupling.maps[0].out.bias.fill_(1.0)
+    coupling.save(tmp_path)
+    loaded = CouplingIntervention.load(tmp_path)
+    h = torch.randn(2, 5, tiny.d_model)
+    torch.testing.assert_close(loaded.edit(0, h), coupling.edit(0, h))
+    loaded.meta["model_fingerprint"] = "someone-else"
+    with pytest.raises(HarcError, match="trained on model"):
+        loaded.hooks(tiny)
+
+
+def test_loss_decreases_when_overfitting_one_batch(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    x = torch.randn(16, 4)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 1.0
+    loss_fn = lambda step, gen: (((net(x) - y) ** 2).mean(), {})  # noqa: E731
+    rows = train_loop(net, loss_fn, TrainConfig(steps=60, lr=0.05, log_every=10), tmp_path, progress=False)
+    assert rows[-1]["loss"] < 0.1 * rows[0]["loss"]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    def run(out, steps, stop_at=None):
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        data = torch.randn(64, 3, generator=torch.Generator().manual_seed(2))
+
+        def loss_fn(step, gen):
+            idx = torch.randint(64, (8,), generator=gen)
+            return (net(data[idx]).sin() ** 2).mean(), {}
+
+        stop = [lambda s, logs, m: s == stop_at] if stop_at else []
+        train_loop(
+            net,
+            loss_fn,
+            TrainConfig(steps=steps, lr=0.01, checkpoint_every=7, log_every=1),
+            out,
+            callbacks=stop,
+            progress=False,
+        )
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    straight = run(tmp_path / "a", 30)
+    run(tmp_path / "b", 30, stop_at=12)  # "interrupted" after step 12 (checkpoint written on stop)
+    resumed = run(tmp_path / "b", 30)
+    torch.testing.assert_close(resumed, straight, atol=0, rtol=0)
+    lines = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
+    assert [int(line.split('"step": ')[1].split(",")[0]) for line in lines] == list(range(1, 31))
+
+
+def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path):
+    harmful = starter_prompts("harmful").sample(8, seed=1)
+    sets = {
+        "harmful": harmful,
+        "harmless": starter_prompts("harmless").sample(8, seed=1),
+        "borderline": starter_prompts("borderline").sample(4, seed=1),
+    }
+    cfg = SubspaceConfig(train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20))
+    coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    assert coupling.slots == (2,)
+    log = (tmp_path / "log.jsonl").read_text().splitlines()
+    assert len(log) == 4
+    first, last = (eval(line.replace("null", "None")) for line in (log[0], log[-1]))  # noqa: S307
+    assert last["harmful_ablate_ref"] < first["harmful_ablate_ref"]
+    loaded = CouplingIntervention.load(tmp_path)
+    assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8

@@ -1,0 +1,52 @@
+"""Confinement verification: passes for the confined coupling, fails for a leaking intervention."""
+
+from __future__ import annotations
+
+import torch
+
+from harc_interp import starter_prompts
+from harc_interp.coupling import CouplingIntervention
+from harc_interp.verify import Variant, confinement_report, random_plane_fractions
+
+
+def trained_like(tiny_directions):
+    c = CouplingIntervention.from_directions(tiny_directions, (2,), torch.zeros(1, 2), torch.ones(1, 2) * 3)
+    with torch.no_grad():
+        c.maps[0].out.weight.normal_(generator=torch.Generator().manual_seed(0))
+        c.maps[0].out.bias.fill_(2.0)
+    return c
+
+
+def test_random_plane_null_is_about_two_over_d():
+    delta = torch.randn(400, 64, generator=torch.Generator().manual_seed(0))
+    assert abs(float(random_plane_fractions(delta, 300, 0).mean()) - 2 / 64) < 0.01
+
+
+def test_confined_coupling_passes_and_leak_is_caught(tiny, tiny_directions):
+    prompts = {
+        "harmful": starter_prompts("harmful").sample(4, seed=2),
+        "harmless": starter_prompts("harmless").sample(4, seed=2),
+    }
+    coupling = trained_like(tiny_directions)
+    ok = confinement_report(
+        tiny,
+        tiny_directions,
+        prompts,
+        tuned=Variant(coupling.hooks(tiny)),
+        intervened_slots=(2,),
+        n_null=50,
+        progress=False,
+    )
+    assert ok["confined_at_intervened"] and ok["max_rel_out_of_plane_at_intervened"] < 1e-6
+    at2 = [r for r in ok["sets"]["harmful"] if r["slot"] == 2]
+    assert all(r["rel_change"] > 1e-3 and r["in_plane_energy_fraction"] > 0.999 for r in at2)
+    before = [r for r in ok["sets"]["harmful"] if r["slot"] < 2]
+    assert all(r["rel_change"] == 0 for r in before)  # nothing upstream moves
+    assert ok["harmless_kl"] > 0
+
+    leak = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(5)) * 0.5
+    leaky = [*coupling.hooks(tiny), ("blocks.2.hook_resid_pre", lambda r, s: r + leak)]
+    bad = confinement_report(
+        tiny, tiny_directions, prompts, tuned=Variant(leaky), intervened_slots=(2,), n_null=50, progress=False
+    )
+    assert not bad["confined_at_intervened"] and bad["max_rel_out_of_plane_at_intervened"] > 1e-3
