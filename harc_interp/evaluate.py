@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -14,6 +15,9 @@ from .chat import ChatPrompt, left_pad, pad_token_id
 from .errors import HarcError
 from .model import HarcModel, HookFn
 from .prompts import PromptSet
+
+if TYPE_CHECKING:
+    from .interventions import Variant
 
 # Arditi et al. (2024): a response is a refusal if it contains any of these, case-insensitively.
 REFUSAL_PHRASES = (
@@ -122,14 +126,16 @@ def evaluate_safety(
     harmless: PromptSet,
     directions=None,
     attack_slot: int | None = None,
-    intervention: Sequence[tuple[str, HookFn]] = (),
+    tuned: Variant | None = None,
+    base: Variant | None = None,
     judge: Judge = DEFAULT_JUDGE,
     max_new_tokens: int = 24,
     batch_size: int = 16,
     system_prompt: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Robustness, usability and capability of `model` with `intervention` hooks active.
+    """Robustness, usability and capability of the `tuned` variant of `model` (default: the plain
+    model), with KL measured against `base` (default: the plain model).
 
     - attack success rate (ASR: harmful goals not refused) per jailbreak attack class, and its mean;
     - white-box single-direction suppression: v_ref or v_harm ablated in every block upstream of
@@ -140,19 +146,21 @@ def evaluate_safety(
     """
     from .chat import formatter_for
     from .generate import generate_chats
-    from .interventions import ablation_hooks
+    from .interventions import Variant, ablation_hooks
 
+    tuned, base = tuned or Variant(), base or Variant()
     fmt = formatter_for(model, system_prompt)
 
     def refusals(ps: PromptSet, extra=()) -> list[bool]:
-        outs = generate_chats(
-            model,
-            fmt.format_many(ps.texts),
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            hooks=[*intervention, *extra],
-            progress=progress,
-        )
+        with tuned.context():
+            outs = generate_chats(
+                model,
+                fmt.format_many(ps.texts),
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                hooks=[*tuned.hooks, *extra],
+                progress=progress,
+            )
         return [judge(model.tokenizer.decode(ids, skip_special_tokens=True)) for ids, _ in outs]
 
     result: dict = {
@@ -187,9 +195,11 @@ def evaluate_safety(
         result["white_box_asr"] = attacks | {"attack_slot": slot}
     result["over_refusal"] = _mean(refusals(borderline))
     chats = fmt.format_many(harmless.texts)
-    base = last_token_logprobs(model, chats, batch_size=batch_size)
-    tuned = last_token_logprobs(model, chats, hooks=intervention, batch_size=batch_size)
-    result["harmless_kl"] = float(kl_divergence(base, tuned).mean())
+    with base.context():
+        lp_base = last_token_logprobs(model, chats, hooks=base.hooks, batch_size=batch_size)
+    with tuned.context():
+        lp_tuned = last_token_logprobs(model, chats, hooks=tuned.hooks, batch_size=batch_size)
+    result["harmless_kl"] = float(kl_divergence(lp_base, lp_tuned).mean())
     return result
 
 

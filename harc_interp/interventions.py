@@ -6,7 +6,10 @@ Every intervention is a hook list, so it applies to a plain forward and to every
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from jaxtyping import Float
@@ -62,3 +65,34 @@ def addition_hooks(
         raise HarcError("steering vector is non-finite")
     vec = (coeff * direction.detach()).float()
     return [(f"blocks.{slot}.hook_resid_pre", lambda resid, site: resid + vec.to(resid.device, resid.dtype))]
+
+
+@dataclass
+class Variant:
+    """One way to run the model: hooks, plus a context entered around every use (e.g. a LoRA adapter
+    loaded, or the same adapter disabled for the base side of a comparison)."""
+
+    hooks: Sequence[tuple[str, HookFn]] = ()
+    context: Callable[[], AbstractContextManager] = field(default=nullcontext)
+    name: str = "base"
+
+
+@contextmanager
+def load_intervention(model: HarcModel, path: str | Path):
+    """Open a trained intervention for use: yields (tuned, base) Variants. `path` is a `harc train`
+    output (subspace coupling or LoRA) or any peft LoRA adapter directory for this base model."""
+    from .coupling import CouplingIntervention
+    from .lora import lora_adapter
+
+    path = Path(path)
+    adapter = path / "adapter" if (path / "adapter" / "adapter_config.json").is_file() else path
+    if (path / "coupling.safetensors").is_file():
+        coupling = CouplingIntervention.load(path)
+        yield Variant(coupling.hooks(model), name="coupling"), Variant()
+    elif (adapter / "adapter_config.json").is_file():
+        with lora_adapter(model, adapter) as peft_model:
+            yield Variant(name="lora"), Variant(context=peft_model.disable_adapter, name="base")
+    else:
+        raise HarcError(
+            f"{path} holds neither a coupling (coupling.safetensors) nor a peft adapter (adapter_config.json)"
+        )

@@ -223,3 +223,61 @@ def expand_attacks(templates: Sequence[AttackTemplate], goals: Sequence[Prompt])
         for g in goals
     ]
     return PromptSet("attacks", tuple(out))
+
+
+def safety_splits(
+    harmful: PromptSet,
+    harmless: PromptSet,
+    borderline: PromptSet,
+    jailbreaks: PromptSet,
+    *,
+    eval_fraction: float = 0.5,
+    max_per_class: int = 16,
+    templates_per_class: int = 2,
+    seed: int = 0,
+) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
+    """Deterministic (train, eval) prompt sets for training and judging a safety intervention.
+
+    Plain sets are split by `eval_fraction`. Attack templates (up to `templates_per_class` per class)
+    are filled with training goals for training and with held-out goals for evaluation, so no goal is
+    shared; full jailbreak prompts are split per class. Every class is capped at `max_per_class`.
+    """
+    h_tr, h_ev = harmful.split(eval_fraction, seed)
+    b_tr, b_ev = harmless.split(eval_fraction, seed)
+    o_tr, o_ev = borderline.split(eval_fraction, seed)
+    by_class: dict[str, list[AttackTemplate]] = {}
+    for t in jailbreaks.templates:
+        by_class.setdefault(t.attack_class, []).append(t)
+    rng = random.Random(seed)
+    chosen = [t for ts in by_class.values() for t in rng.sample(ts, min(templates_per_class, len(ts)))]
+
+    def attacks(goals: PromptSet, full: tuple[Prompt, ...]) -> PromptSet:
+        rows: dict[str, list[Prompt]] = {}
+        if chosen:
+            for p in expand_attacks(chosen, goals.sample(None, seed=seed).prompts).prompts:
+                rows.setdefault(p.attack_class, []).append(p)
+        for p in full:
+            rows.setdefault(p.attack_class or "unknown", []).append(p)
+        capped = [
+            p for ps in rows.values() for p in random.Random(seed).sample(ps, min(max_per_class, len(ps)))
+        ]
+        return PromptSet("jailbreaks", tuple(capped))
+
+    full_tr, full_ev = (
+        PromptSet("full", jailbreaks.prompts).split(eval_fraction, seed)
+        if jailbreaks.prompts
+        else (PromptSet("full", ()), PromptSet("full", ()))
+    )
+    train = {
+        "harmful": h_tr,
+        "harmless": b_tr,
+        "borderline": o_tr,
+        "jailbreak": attacks(h_tr, full_tr.prompts),
+    }
+    evaluation = {
+        "harmful": h_ev,
+        "harmless": b_ev,
+        "borderline": o_ev,
+        "jailbreaks": attacks(h_ev, full_ev.prompts),
+    }
+    return train, evaluation

@@ -152,7 +152,7 @@ def train_subspace(
                     torch.relu(s_ref - config.safe_margin) + torch.relu(s_harm - config.safe_margin)
                 ).mean()
                 loss = hinge + config.retention_weight * retention
-            parts[name] = float(loss)
+            parts[name] = float(loss.detach())
             total = total + loss
         return total, parts
 

@@ -11,9 +11,7 @@ spread the change, which the report shows rather than hides. Plus KL on harmless
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 import torch
 
@@ -23,16 +21,9 @@ from .coupling import plane_basis
 from .directions import Directions
 from .errors import HarcError
 from .evaluate import kl_divergence, last_token_logprobs
-from .model import HarcModel, HookFn
+from .interventions import Variant
+from .model import HarcModel
 from .prompts import PromptSet
-
-
-@dataclass
-class Variant:
-    """How to run one side of the comparison: hooks, and a context (e.g. a LoRA adapter on or off)."""
-
-    hooks: Sequence[tuple[str, HookFn]] = ()
-    context: Callable[[], AbstractContextManager] = field(default=nullcontext)
 
 
 def random_plane_fractions(delta: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -48,7 +39,7 @@ def confinement_report(
     directions: Directions,
     prompts: dict[str, PromptSet],
     *,
-    base: Variant = Variant(),
+    base: Variant | None = None,
     tuned: Variant,
     intervened_slots: Sequence[int] = (),
     positions: tuple[str, ...] = ("t_inst", "t_post"),
@@ -58,7 +49,9 @@ def confinement_report(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Per prompt set, slot and position: where the change between base and tuned lives."""
+    """Per prompt set, slot and position: where the change between base and tuned lives.
+    `base` defaults to the plain model."""
+    base = base or Variant()
     slots = tuple(range(model.n_layers + 1))
     cfg = CacheConfig(layers=slots, positions=positions, batch_size=batch_size)
     bases = {}
@@ -67,8 +60,13 @@ def confinement_report(
             bases[s] = plane_basis(directions.unit("v_harm", s), directions.unit("v_ref", s)).double()
         except HarcError:
             bases[s] = None  # e.g. the embedding slot, where v_ref is zero
-    report: dict = {"slots": list(slots), "positions": list(positions), "intervened_slots": list(intervened_slots),
-                    "tolerance": tolerance, "sets": {}}
+    report: dict = {
+        "slots": list(slots),
+        "positions": list(positions),
+        "intervened_slots": list(intervened_slots),
+        "tolerance": tolerance,
+        "sets": {},
+    }
     worst_at_intervened = 0.0
     for name, ps in prompts.items():
         with base.context():

@@ -1,0 +1,312 @@
+"""The paper-faithful HARC objective: LoRA (peft) on every attention and MLP projection.
+
+Loss per micro-batch (harmful prompts with refusal responses; harmless and borderline prompts with the
+base model's own responses), at each selected layer slot, directions detached:
+    prompt side   c_h = cos(h_t_inst, v_harm), c_r = cos(h_t_post, v_ref)
+                  harmful: relu(m − c_r) + relu(m − c_h); harmless/borderline: relu(c_r) + relu(c_h)
+    response side the same hinge on the mean of the first N response tokens with v_harm_resp / v_ref_resp
+    + kl_weight · KL(base ‖ tuned) over response tokens of harmless and borderline examples
+    + ce_weight · cross-entropy of the refusal responses of harmful prompts.
+Every `reextract_every` steps the prompt-side directions are re-extracted from the tuned model and
+blended, v ← normalize(ema·v_base + (1 − ema)·v_fresh), and the layers are re-selected by the HARC layer
+score (top K, K rising from `top_k_start` to `top_k_end` halfway through). Unlike the subspace mode,
+confinement here is a property of the objective, not of the parameterisation: `harc verify` measures it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .activations import CacheConfig, cache_residuals
+from .artifacts import now, read_json, write_json
+from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
+from .directions import Directions, diff_in_means
+from .errors import HarcError
+from .evaluate import DEFAULT_JUDGE, Judge
+from .generate import generate
+from .model import HarcModel, resid_hook_name
+from .prompts import PromptSet
+from .selection import harc_layer_scores, top_layers
+from .train import TrainConfig, train_loop
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = TARGETS
+    margin: float = 0.3  # HARC code default (paper: 0.5)
+    kl_weight: float = 10.0
+    ce_weight: float = 1.0
+    n_harmful: int = 3  # per micro-batch (paper: 6 + 4 + 2 on 7-8B models, scaled down for CPU)
+    n_harmless: int = 2
+    n_borderline: int = 1
+    n_response: int = 32
+    top_k_start: int = 2
+    top_k_end: int = 4
+    reextract_every: int = 20
+    ema: float = 0.7
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            steps=60, lr=1e-4, warmup_steps=10, checkpoint_every=10, log_every=5
+        )
+    )
+    batch_size: int = 8  # generation batches when building the data
+
+
+def _responses(model, ps: PromptSet, path: Path, n: int, judge: Judge, batch_size: int) -> list[dict]:
+    if path.is_file():
+        rows = read_json(path)
+        if [r["id"] for r in rows] == ps.ids:
+            return rows
+    gens = generate(model, ps, max_new_tokens=n, batch_size=batch_size, progress=False)
+    rows = [
+        {"id": g.prompt_id, "response_ids": list(g.response_ids), "refusal": judge(g.response)} for g in gens
+    ]
+    write_json(path, rows)
+    return rows
+
+
+def build_examples(
+    model: HarcModel, sets: dict[str, PromptSet], work: Path, config: LoraConfig, judge: Judge = DEFAULT_JUDGE
+) -> dict[str, list[ChatPrompt]]:
+    """Chats with responses: harmful → the model's own refusal (or its most common refusal where it
+    complied); harmless and borderline → the base model's own response (the KL retention target)."""
+    fmt = formatter_for(model)
+    out = {}
+    for name in ("harmful", "harmless", "borderline"):
+        ps = sets.get(name)
+        if ps is None or not len(ps):
+            continue
+        rows = _responses(
+            model, ps, work / f"responses_{name}.json", config.n_response, judge, config.batch_size
+        )
+        if name == "harmful":
+            refusals = [tuple(r["response_ids"]) for r in rows if r["refusal"] and r["response_ids"]]
+            if not refusals:
+                raise HarcError(
+                    "the base model refused none of the harmful training prompts: no refusal targets"
+                )
+            fallback = max(set(refusals), key=refusals.count)
+            responses = [r["response_ids"] if r["refusal"] else list(fallback) for r in rows]
+        else:
+            responses = [r["response_ids"] or [model.tokenizer.eos_token_id] for r in rows]
+        out[name] = fmt.format_many(ps.texts, responses)
+    return out
+
+
+def _forward(model: HarcModel, chats: Sequence[ChatPrompt], slots: Sequence[int], n_response: int):
+    """Logits and, per slot, residuals at t_inst, t_post and the mean of the first response tokens."""
+    batch = left_pad(chats, pad_token_id(model.tokenizer))
+    seen = {}
+    hooks = [(resid_hook_name(s, model.n_layers), lambda r, site, s=s: seen.__setitem__(s, r)) for s in slots]
+    dev = model.device
+    with model.hooks(hooks):
+        logits = model.hf(
+            input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev)
+        ).logits
+    rows = torch.arange(len(chats), device=dev)
+    off = batch.offset.to(dev)
+    t_inst = off + torch.tensor([c.t_inst for c in chats], device=dev)
+    t_post = off + torch.tensor([c.t_post for c in chats], device=dev)
+    weights = torch.zeros(batch.input_ids.shape, device=dev)
+    for b, c in enumerate(chats):
+        pos = torch.tensor(c.response_positions[:n_response], device=dev) + off[b]
+        weights[b, pos] = 1.0 / len(pos)
+    feats = {
+        s: (h[rows, t_inst], h[rows, t_post], torch.einsum("bt,btd->bd", weights.to(h.dtype), h))
+        for s, h in seen.items()
+    }
+    return logits, feats, batch
+
+
+def _response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch) -> list[Tensor]:
+    """Log-probabilities of the next token at each position that predicts a response token."""
+    out = []
+    for b, c in enumerate(chats):
+        start = int(batch.offset[b]) + c.n_prompt - 1
+        out.append(torch.log_softmax(logits[b, start : start + len(c.response_ids)].float(), dim=-1))
+    return out
+
+
+def train_lora(
+    model: HarcModel,
+    d: Directions,
+    sets: dict[str, PromptSet],
+    out_dir: str | Path,
+    config: LoraConfig = LoraConfig(),
+    judge: Judge = DEFAULT_JUDGE,
+    progress: bool = True,
+):
+    """Train a LoRA adapter with the HARC objective; saves it to `out_dir/adapter` (peft format) with
+    `out_dir/coupling.json`, and returns that path. `model` is restored to its base weights on return;
+    use `lora_adapter(model, path)` to run with the adapter."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    if not d.has("v_harm_resp"):
+        raise HarcError("the LoRA mode needs response directions (v_harm_resp, v_ref_resp) in the artifact")
+    d.check_model(model)
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    examples = build_examples(model, sets, work, config, judge)
+    if "harmful" not in examples or "harmless" not in examples:
+        raise HarcError("the LoRA mode needs harmful and harmless training prompts")
+    peft_model = get_peft_model(
+        model.hf,
+        PeftLoraConfig(
+            r=config.r,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+            target_modules=list(config.target_modules),
+            bias="none",
+        ),
+    )
+    model.hf.requires_grad_(False)
+    for n, p in peft_model.named_parameters():
+        p.requires_grad_("lora_" in n)
+
+    state = {"d": d, "slots": top_layers(harc_layer_scores(d), d.layers, config.top_k_start), "history": []}
+    train_prompts = sets["harmful"] + sets["harmless"]
+
+    def reextract(step: int):
+        fresh = _prompt_directions(model, train_prompts)
+        blended = {}
+        for name in ("v_harm", "v_ref"):
+            base = d.vectors[name]
+            mix = config.ema * base + (1 - config.ema) * fresh[name]
+            blended[name] = mix / mix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        state["d"] = replace(d, vectors={**d.vectors, **blended})
+        k = config.top_k_start if step < config.train.steps // 2 else config.top_k_end
+        state["slots"] = top_layers(harc_layer_scores(state["d"]), d.layers, k)
+        state["history"].append({"step": step, "slots": state["slots"]})
+
+    def loss_fn(step: int, gen: torch.Generator):
+        if (
+            step > 0
+            and step % config.reextract_every == 0
+            and (not state["history"] or state["history"][-1]["step"] != step)
+        ):
+            with torch.no_grad():
+                reextract(step)
+        slots = state["slots"]
+        cur = state["d"]
+        parts, total = {}, torch.zeros((), device=model.device)
+        for name, n in (
+            ("harmful", config.n_harmful),
+            ("harmless", config.n_harmless),
+            ("borderline", config.n_borderline),
+        ):
+            pool = examples.get(name)
+            if not pool or n == 0:
+                continue
+            chats = [pool[int(i)] for i in torch.randint(len(pool), (n,), generator=gen)]
+            logits, feats, batch = _forward(model, chats, slots, config.n_response)
+            hinge = torch.zeros((), device=model.device)
+            for s in slots:
+                h_inst, h_post, h_resp = feats[s]
+
+                def cos(h, v, s=s):
+                    return torch.nn.functional.cosine_similarity(
+                        h.float(), cur.unit(v, s).to(h.device)[None], dim=-1
+                    )
+
+                c = [
+                    cos(h_inst, "v_harm"),
+                    cos(h_post, "v_ref"),
+                    cos(h_resp, "v_harm_resp"),
+                    cos(h_resp, "v_ref_resp"),
+                ]
+                if name == "harmful":
+                    hinge = hinge + sum(torch.relu(config.margin - x).mean() for x in c)
+                else:
+                    hinge = hinge + sum(torch.relu(x).mean() for x in c)
+            parts[f"hinge_{name}"] = float(hinge.detach())
+            total = total + hinge
+            tuned_lp = _response_logprobs(logits, chats, batch)
+            if name == "harmful":
+                ce = torch.stack(
+                    [
+                        -lp.gather(1, torch.tensor(c.response_ids, device=lp.device)[:, None]).mean()
+                        for lp, c in zip(tuned_lp, chats, strict=True)
+                    ]
+                ).mean()
+                parts["ce"] = float(ce.detach())
+                total = total + config.ce_weight * ce
+            else:
+                with torch.no_grad(), peft_model.disable_adapter():
+                    base_logits = model.hf(
+                        input_ids=batch.input_ids.to(model.device),
+                        attention_mask=batch.attention_mask.to(model.device),
+                    ).logits
+                base_lp = _response_logprobs(base_logits, chats, batch)
+                kl = torch.stack(
+                    [(b.exp() * (b - t)).sum(-1).mean() for b, t in zip(base_lp, tuned_lp, strict=True)]
+                ).mean()
+                parts[f"kl_{name}"] = float(kl.detach())
+                total = total + config.kl_weight * kl
+        return total, parts
+
+    try:
+        rows = train_loop(peft_model, loss_fn, config.train, out_dir, progress=progress)
+        peft_model.save_pretrained(out_dir / "adapter")
+    finally:
+        peft_model.unload()  # back to the original modules: the base model is untouched
+        model.hf.requires_grad_(False)
+    meta = {
+        "mode": "lora",
+        "config": asdict(config),
+        "model": model.name,
+        "model_fingerprint": model.fingerprint,
+        "template_hash": d.meta.get("template_hash"),
+        "final_slots": state["slots"],
+        "reselection": state["history"],
+        "n_examples": {k: len(v) for k, v in examples.items()},
+        "final_losses": rows[-1] if rows else None,
+        "trained": now(),
+    }
+    write_json(out_dir / "coupling.json", meta)
+    write_json(out_dir / "train_summary.json", {"log": rows, "meta": meta})
+    return out_dir / "adapter"
+
+
+def _prompt_directions(model: HarcModel, prompts: PromptSet) -> dict[str, Tensor]:
+    """Fresh unit v_harm (t_inst) and v_ref (t_post) per slot from the current (tuned) model."""
+    acts = cache_residuals(
+        model, prompts, config=CacheConfig(positions=("t_inst", "t_post"), batch_size=16), progress=False
+    )
+    mask = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
+    out = {}
+    for name, j in (("v_harm", 0), ("v_ref", 1)):
+        v = diff_in_means(acts.resid[mask, :, j], acts.resid[~mask, :, j])
+        out[name] = (v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+    return out
+
+
+@contextlib.contextmanager
+def lora_adapter(model: HarcModel, adapter_dir: str | Path):
+    """Load a LoRA adapter (ours or any peft adapter for this base model) into `model` for the block;
+    yields the peft model (use `.disable_adapter()` for the base). The base weights are restored on exit."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise HarcError(f"{adapter_dir} is not a peft adapter directory (no adapter_config.json)")
+    peft_model = PeftModel.from_pretrained(model.hf, str(adapter_dir))
+    peft_model.eval()
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()  # removes the LoRA layers, leaving the original modules
