@@ -185,6 +185,307 @@ def cmd_run(args) -> dict:
     }
 
 
+def _plane_prompts(args, directions):
+    """Prompt files (plain sets, full jailbreak prompts, attack templates) → the plane's prompt set."""
+    from .plane import directions_training_ids, study_prompts
+    from .prompts import load_prompts
+
+    sets = [load_prompts(p) for p in args.prompts]
+    for item in args.exclude or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HarcError(f"--exclude takes FIELD=VALUE (e.g. source=jbb), got {item!r}")
+        sets = [s.exclude(**{key: value}) for s in sets]
+    goals = load_prompts(args.goals) if args.goals else None
+    classes = [c for c in args.classes.split(",") if c.strip()] if args.classes else None
+    exclude_ids = directions_training_ids(directions) if args.heldout else ()
+    return study_prompts(
+        sets,
+        goals=goals,
+        n_goals=args.n_goals,
+        per_class=args.per_class,
+        classes=classes,
+        exclude_ids=exclude_ids,
+        seed=args.seed,
+    )
+
+
+def _load_with_directions(args):
+    from .chat import formatter_for
+    from .directions import Directions
+    from .model import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = Directions.load(
+        args.directions, model=model, template_hash=formatter_for(model, args.system_prompt).template_hash
+    )
+    return model, d
+
+
+def cmd_plane(args) -> dict:
+    from .plane import PlaneConfig, run_plane
+
+    model, d = _load_with_directions(args)
+    ps = _plane_prompts(args, d)
+    config = PlaneConfig(
+        layer=args.layer,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        k=args.k,
+        n_permutations=args.n_permutations,
+        seed=args.seed,
+        system_prompt=args.system_prompt,
+    )
+    result = run_plane(model, d, ps, args.out, config, progress=not args.quiet)
+    geo = result.geometry["oblique"]
+    return {
+        "out": str(args.out),
+        "slot": result.slot,
+        "n_prompts": len(ps),
+        "cos_harm_ref": round(result.meta["cos_harm_ref"], 4),
+        "classes": {
+            c.name: {
+                "n": c.n,
+                "displacement_z": [round(z, 2) for z in c.displacement_z],
+                "suppresses": c.suppresses,
+                "compliance_rate": None if c.compliance_rate is None else round(c.compliance_rate, 3),
+            }
+            for c in geo.classes
+        },
+        "separability": {
+            k: geo.separability.get(k)
+            for k in ("accuracy", "chance_accuracy", "balanced_accuracy", "p_value")
+        },
+        "skipped_slots": sorted(result.skipped),
+    }
+
+
+def cmd_trajectories(args) -> dict:
+    from .trajectories import TrajectoryConfig, run_trajectories
+
+    model, d = _load_with_directions(args)
+    ps = _plane_prompts(args, d)
+    config = TrajectoryConfig(
+        layer=args.layer,
+        max_new_tokens=args.max_new_tokens,
+        n_tokens=args.n_tokens,
+        reduce=args.reduce,
+        quantile=args.quantile,
+        batch_size=args.batch_size,
+        system_prompt=args.system_prompt,
+    )
+    result = run_trajectories(model, d, ps, args.out, config, progress=not args.quiet)
+    keys = ("n", "complied_rate", "prompt_flagged_rate", "response_flagged_rate", "late_recognition_rate")
+    return {
+        "out": str(args.out),
+        "slot": result.slot,
+        "thresholds": {k: v for k, v in result.summary["thresholds"].items() if not k.endswith("rule")},
+        "groups": {
+            g: {k: None if s[k] is None else round(s[k], 3) for k in keys}
+            for g, s in result.summary["groups"].items()
+        },
+    }
+
+
+def _plane_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    p.add_argument("--directions", required=True, help="a Directions artifact directory (harc directions)")
+    p.add_argument(
+        "--prompts",
+        nargs="+",
+        required=True,
+        help="plain sets (label), jailbreak files (attack_class; full prompts and templates), starter:KIND",
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--layer", type=int, default=None, help="layer slot (default: the artifact's selected layer)"
+    )
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument(
+        "--goals", default=None, help="harmful goals to fill templates (default: the plain harmful)"
+    )
+    p.add_argument("--n-goals", type=int, default=8, help="goals per attack template")
+    p.add_argument("--per-class", type=int, default=None, help="at most this many prompts per group")
+    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=None,
+        help="drop rows with FIELD=VALUE (repeatable), e.g. source=jbb",
+    )
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _safety_sets(args):
+    """Train and eval prompt sets for `train` and `eval` (deterministic given --seed)."""
+    from .prompts import load_prompts, safety_splits
+
+    harmful = _load_prompt_files(args.harmful, "harmful", None)
+    harmless = _load_prompt_files(args.harmless, "harmless", None)
+    borderline = _load_prompt_files(args.borderline, "safe", None)
+    jb = [load_prompts(p) for p in args.jailbreaks]
+    jailbreaks = jb[0]
+    for more in jb[1:]:
+        jailbreaks = jailbreaks + more
+    return safety_splits(
+        harmful,
+        harmless,
+        borderline,
+        jailbreaks,
+        eval_fraction=args.eval_fraction,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+    )
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--harmful", nargs="+", default=["starter:harmful"])
+    p.add_argument("--harmless", nargs="+", default=["starter:harmless"])
+    p.add_argument(
+        "--borderline", nargs="+", default=["starter:borderline"], help="safe-but-sensitive prompts"
+    )
+    p.add_argument(
+        "--jailbreaks", nargs="+", default=["starter:attacks"], help="attack templates and/or full prompts"
+    )
+    p.add_argument(
+        "--eval-fraction", type=float, default=0.5, help="share of each set held out for evaluation"
+    )
+    p.add_argument("--max-per-class", type=int, default=16)
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def cmd_train(args) -> dict:
+    from .artifacts import write_json
+    from .directions import Directions
+    from .model import load_model
+    from .train import TrainConfig
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = Directions.load(args.directions, model=model)
+    train_sets, eval_sets = _safety_sets(args)
+    out = Path(args.out)
+    slots = _int_list(args.slots)
+    if args.mode == "subspace":
+        from .subspace import SubspaceConfig, train_subspace
+
+        tc = TrainConfig(
+            steps=args.steps or 1500, lr=args.lr or 1e-2, seed=args.seed, checkpoint_every=250, log_every=50
+        )
+        train_subspace(
+            model, d, train_sets, out, SubspaceConfig(slots=slots, train=tc), progress=not args.quiet
+        )
+    else:
+        from .lora import LoraConfig, train_lora
+
+        tc = TrainConfig(
+            steps=args.steps or 60,
+            lr=args.lr or 1e-4,
+            warmup_steps=10,
+            seed=args.seed,
+            checkpoint_every=10,
+            log_every=5,
+        )
+        train_lora(model, d, train_sets, out, LoraConfig(train=tc), progress=not args.quiet)
+    write_json(
+        out / "splits.json",
+        {
+            "train": {k: v.ids for k, v in train_sets.items()},
+            "eval": {k: v.ids for k, v in eval_sets.items()},
+        },
+    )
+    return {"out": str(out), "mode": args.mode, "train_sizes": {k: len(v) for k, v in train_sets.items()}}
+
+
+def cmd_eval(args) -> dict:
+    from .artifacts import write_json
+    from .directions import Directions
+    from .evaluate import evaluate_safety
+    from .interventions import Variant, load_intervention
+    from .model import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = Directions.load(args.directions, model=model)
+    _, ev = _safety_sets(args)
+    kwargs = dict(
+        jailbreaks=ev["jailbreaks"],
+        harmful=ev["harmful"],
+        borderline=ev["borderline"],
+        harmless=ev["harmless"],
+        directions=d,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    if args.intervention:
+        from .artifacts import read_json
+
+        meta = (
+            read_json(Path(args.intervention) / "coupling.json")
+            if (Path(args.intervention) / "coupling.json").is_file()
+            else {}
+        )
+        slot = meta.get("slots") or meta.get("final_slots") or [d.selected_layer]
+        with load_intervention(model, args.intervention) as (tuned, base):
+            result = evaluate_safety(model, tuned=tuned, base=base, attack_slot=min(slot), **kwargs)
+        result["intervention"] = str(args.intervention)
+    else:
+        result = evaluate_safety(model, tuned=Variant(), attack_slot=args.attack_slot, **kwargs)
+    write_json(Path(args.out) / "eval.json", result)
+    return {
+        "out": str(Path(args.out) / "eval.json"),
+        "mean_asr": result["mean_asr"],
+        "white_box_asr": result.get("white_box_asr"),
+        "over_refusal": result["over_refusal"],
+        "harmless_kl": result["harmless_kl"],
+    }
+
+
+def cmd_verify(args) -> dict:
+    from .artifacts import read_json, write_json
+    from .directions import Directions
+    from .interventions import load_intervention
+    from .model import load_model
+    from .verify import confinement_report
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = Directions.load(args.directions, model=model)
+    prompts = {
+        "harmful": _load_prompt_files(args.harmful, "harmful", args.limit),
+        "harmless": _load_prompt_files(args.harmless, "harmless", args.limit),
+    }
+    meta_path = Path(args.intervention) / "coupling.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    intervened = meta.get("slots") or []  # the LoRA mode touches every layer: no slot is "the" intervened one
+    with load_intervention(model, args.intervention) as (tuned, base):
+        report = confinement_report(
+            model,
+            d,
+            prompts,
+            base=base,
+            tuned=tuned,
+            intervened_slots=intervened,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    write_json(Path(args.out) / "verify.json", report)
+    return {
+        "out": str(Path(args.out) / "verify.json"),
+        "intervened_slots": intervened,
+        "confined_at_intervened": report["confined_at_intervened"],
+        "max_rel_out_of_plane_at_intervened": report["max_rel_out_of_plane_at_intervened"],
+        "harmless_kl": report.get("harmless_kl"),
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harc", description="Harmfulness and refusal directions in chat LLMs."
@@ -232,6 +533,68 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True)
     gen.add_argument("--max-new-tokens", type=int, default=64)
     gen.set_defaults(func=cmd_generate)
+
+    plane = sub.add_parser(
+        "plane", help="attack classes on the harmfulness-refusal plane: coords.jsonl, geometry.json, figures"
+    )
+    _model_args(plane)
+    _plane_args(plane, max_new_tokens=32)
+    plane.add_argument("--k", type=float, default=1.0, help="suppression threshold in plain-harmful stds")
+    plane.add_argument("--n-permutations", type=int, default=100, help="for the separability p-value")
+    plane.set_defaults(func=cmd_plane)
+
+    traj = sub.add_parser(
+        "trajectories",
+        help="response tokens on the response-side directions: trajectories.jsonl, summary.json",
+    )
+    _model_args(traj)
+    _plane_args(traj, max_new_tokens=32)
+    traj.add_argument("--n-tokens", type=int, default=32, help="response tokens pooled by the score")
+    traj.add_argument("--reduce", default="mean", choices=["mean", "max"])
+    traj.add_argument(
+        "--quantile", type=float, default=0.95, help="of helpful harmless scores: the threshold"
+    )
+    traj.set_defaults(func=cmd_trajectories)
+    tr = sub.add_parser(
+        "train", help="train the coupling: confined plane map (subspace) or the HARC LoRA objective"
+    )
+    _model_args(tr)
+    _data_args(tr)
+    tr.add_argument("--directions", required=True, help="a `harc directions` output folder")
+    tr.add_argument("--mode", choices=["subspace", "lora"], default="subspace")
+    tr.add_argument("--out", required=True)
+    tr.add_argument(
+        "--slots", default=None, help="coupling layer slots (subspace mode; default: the selected layer)"
+    )
+    tr.add_argument("--steps", type=int, default=None)
+    tr.add_argument("--lr", type=float, default=None)
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval", help="attack success per class, white-box suppression, over-refusal, KL -> eval.json"
+    )
+    _model_args(ev)
+    _data_args(ev)
+    ev.add_argument("--directions", required=True)
+    ev.add_argument("--intervention", default=None, help="a `harc train` output or a peft LoRA adapter")
+    ev.add_argument(
+        "--attack-slot", type=int, default=None, help="white-box attacks ablate upstream of this slot"
+    )
+    ev.add_argument("--max-new-tokens", type=int, default=24)
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_eval)
+
+    ver = sub.add_parser(
+        "verify", help="is an intervention's change confined to the harmfulness-refusal plane?"
+    )
+    _model_args(ver)
+    ver.add_argument("--directions", required=True)
+    ver.add_argument("--intervention", required=True, help="a `harc train` output or a peft LoRA adapter")
+    ver.add_argument("--harmful", nargs="+", default=["starter:harmful"])
+    ver.add_argument("--harmless", nargs="+", default=["starter:harmless"])
+    ver.add_argument("--limit", type=int, default=16)
+    ver.add_argument("--out", required=True)
+    ver.set_defaults(func=cmd_verify)
     return parser
 
 

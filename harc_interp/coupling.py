@@ -26,17 +26,12 @@ from .artifacts import load_tensors, now, read_json, save_tensors, write_json
 from .directions import Directions
 from .errors import HarcError
 from .model import HarcModel, HookFn
+from .plane import basis_from_directions
 
 
-def plane_basis(
-    v_harm: Float[Tensor, " d_model"], v_ref: Float[Tensor, " d_model"]
-) -> Float[Tensor, "d_model 2"]:
-    """Orthonormal basis of span{v_harm, v_ref} by Gram–Schmidt (harmfulness first)."""
-    a = v_harm.double() / v_harm.double().norm()
-    b = v_ref.double() - (v_ref.double() @ a) * a
-    if b.norm() < 0.1 * v_ref.double().norm():  # |cos| > 0.995
-        raise HarcError("v_harm and v_ref are (nearly) collinear at this layer: they span no plane")
-    return torch.stack([a, b / b.norm()], dim=1).float()
+def plane_basis_matrix(d: Directions, slot: int) -> Float[Tensor, "d_model 2"]:
+    """U: the orthonormal basis of span{v_harm, v_ref} at `slot` as columns (harmfulness first)."""
+    return basis_from_directions(d, slot).basis.T.float()
 
 
 class PlaneMap(nn.Module):
@@ -86,7 +81,7 @@ class CouplingIntervention(nn.Module):
     def from_directions(
         cls, d: Directions, slots: Sequence[int], mus: Tensor, sigmas: Tensor, hidden: int = 32, seed: int = 0
     ) -> CouplingIntervention:
-        bases = torch.stack([plane_basis(d.unit("v_harm", s), d.unit("v_ref", s)) for s in slots])
+        bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
         gen = torch.Generator().manual_seed(seed)
         module = cls(
             slots,

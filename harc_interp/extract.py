@@ -285,8 +285,9 @@ def extract_directions(
             ],
         },
     }
-    best_auroc = max(range(len(layers)), key=lambda i: probes["t_inst"]["projection"][i]["auroc"])
-    metrics["best_harm_layer"] = {"slot": layers[best_auroc], **probes["t_inst"]["projection"][best_auroc]}
+    for kind, key in (("projection", "best_harm_layer"), ("probe", "best_harm_layer_probe")):
+        best = max(range(len(layers)), key=lambda i, kind=kind: probes["t_inst"][kind][i]["auroc"])
+        metrics[key] = {"slot": layers[best], **probes["t_inst"][kind][best]}
 
     # 5. Selection on the validation prompts.
     fmt = formatter_for(model, cfg.system_prompt)

@@ -123,3 +123,273 @@ def selection_figure(candidates: list[dict], harc_scores: list | None, layers: l
         template="plotly_white",
     )
     return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# The harmfulness–refusal plane and response trajectories
+
+_FIXED_COLOURS = {"harmful": "#d62728", "harmless": "#2ca02c", "borderline": "#7f7f7f", "safe": "#7f7f7f"}
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
+    "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1",
+)  # fmt: skip
+
+
+def group_colours(groups) -> dict[str, str]:
+    """A stable colour per group: plain harmful red, harmless green, attack classes from a palette."""
+    names = list(dict.fromkeys(groups))
+    others = [g for g in names if g not in _FIXED_COLOURS]
+    return {g: _FIXED_COLOURS.get(g) or _PALETTE[others.index(g) % len(_PALETTE)] for g in names}
+
+
+def covariance_ellipse(points, n_sigma: float = 1.0, n: int = 64):
+    """The n-sigma ellipse of 2-D points (x and y arrays, closed); empty for fewer than 3 points."""
+    import numpy as np
+
+    pts = np.asarray(points, dtype=float)
+    if len(pts) < 3:
+        return [], []
+    centre = pts.mean(0)
+    vals, vecs = np.linalg.eigh(np.cov(pts, rowvar=False))
+    t = np.linspace(0, 2 * np.pi, n)
+    circle = np.stack([np.cos(t), np.sin(t)])
+    xy = centre[:, None] + vecs @ (n_sigma * np.sqrt(np.clip(vals, 0, None))[:, None] * circle)
+    return xy[0].tolist(), xy[1].tolist()
+
+
+def plane_figure(
+    views: dict,
+    groups,
+    *,
+    selected: int | None = None,
+    complied=None,
+    hover=None,
+    axis_titles: tuple[str, str] = ("harmfulness: h(t_inst)·v̂_harm", "refusal: h(t_post)·v̂_ref"),
+    title: str = "Harmfulness–refusal plane",
+) -> go.Figure:
+    """Scatter of prompts in the plane, coloured by group, with centroids and 1-sigma ellipses, and a
+    layer slider. `views[slot]` is an `[n, 2]` array of plane-view coordinates; every slot gets three
+    traces per group (points, centroid, ellipse), shown only at its slider step. Complied prompts
+    (`complied[i]` true) are drawn as crosses."""
+    import numpy as np
+
+    groups = list(groups)
+    names = list(dict.fromkeys(groups))
+    colours = group_colours(names)
+    g = np.asarray(groups)
+    slots = list(views)
+    if not slots:
+        raise ValueError("no layer slots to plot")
+    active = slots.index(selected) if selected in slots else len(slots) // 2
+    fig = go.Figure()
+    for k, slot in enumerate(slots):
+        pts = np.asarray(views[slot], dtype=float)
+        for name in names:
+            idx = np.flatnonzero(g == name)
+            sub = pts[idx]
+            symbols = [
+                "x" if complied is not None and complied[i] else "circle" for i in idx
+            ]  # crosses: complied
+            text = [
+                f"{hover[i] if hover is not None else i}<br>{name}"
+                + ("" if complied is None or complied[i] is None else f"<br>complied: {complied[i]}")
+                for i in idx
+            ]
+            visible = k == active
+            fig.add_trace(
+                go.Scatter(
+                    x=sub[:, 0],
+                    y=sub[:, 1],
+                    mode="markers",
+                    name=f"{name} (n={len(idx)})",
+                    legendgroup=name,
+                    marker={"color": colours[name], "size": 7, "opacity": 0.7, "symbol": symbols},
+                    text=text,
+                    hoverinfo="text+x+y",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "points"},
+                )
+            )
+            centre = sub.mean(0)
+            fig.add_trace(
+                go.Scatter(
+                    x=[centre[0]],
+                    y=[centre[1]],
+                    mode="markers",
+                    name=f"{name} centroid",
+                    legendgroup=name,
+                    showlegend=False,
+                    marker={
+                        "color": colours[name],
+                        "size": 15,
+                        "symbol": "star",
+                        "line": {"width": 1, "color": "black"},
+                    },
+                    hoverinfo="name+x+y",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "centroid"},
+                )
+            )
+            ex, ey = covariance_ellipse(sub)
+            fig.add_trace(
+                go.Scatter(
+                    x=ex,
+                    y=ey,
+                    mode="lines",
+                    name=f"{name} 1σ",
+                    legendgroup=name,
+                    showlegend=False,
+                    line={"color": colours[name], "width": 1.5},
+                    hoverinfo="skip",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "ellipse"},
+                )
+            )
+    per_slot = 3 * len(names)
+    steps = []
+    for k, slot in enumerate(slots):
+        visible = [False] * (per_slot * len(slots))
+        visible[k * per_slot : (k + 1) * per_slot] = [True] * per_slot
+        steps.append(
+            {
+                "method": "update",
+                "label": str(slot),
+                "args": [
+                    {"visible": visible},
+                    {
+                        "title.text": f"{title} · layer slot {slot}",
+                        "xaxis.autorange": True,
+                        "yaxis.autorange": True,
+                    },
+                ],
+            }
+        )
+    fig.update_layout(
+        title=f"{title} · layer slot {slots[active]}",
+        xaxis_title=axis_titles[0],
+        yaxis_title=axis_titles[1],
+        template="plotly_white",
+        sliders=[{"active": active, "currentvalue": {"prefix": "layer slot: "}, "steps": steps}],
+        legend={"title": {"text": "group (× = complied)"}},
+    )
+    return fig
+
+
+def displacement_figure(geometry: dict, title: str | None = None) -> go.Figure:
+    """Per class: centroid displacement from plain harmful along each axis, in plain-harmful standard
+    deviations, with the suppression threshold −k; hover shows the compliance rate and the verdict.
+    `geometry` is a `PlaneGeometry.to_dict()` (as stored in geometry.json under views)."""
+    classes = [c for c in geometry["classes"].values() if c["name"] != geometry["reference"]]
+    names = [c["name"] for c in classes]
+    hover = [
+        f"{c['name']} (n={c['n']})<br>suppresses: {c['suppresses']}<br>compliance: "
+        + ("n/a" if c["compliance_rate"] is None else f"{c['compliance_rate']:.2f}")
+        for c in classes
+    ]
+    fig = go.Figure()
+    for axis, label, colour in ((0, "harmfulness", "#d62728"), (1, "refusal", "#1f77b4")):
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[c["displacement_z"][axis] for c in classes],
+                name=f"Δ {label} (σ of plain harmful)",
+                marker_color=colour,
+                hovertext=hover,
+            )
+        )
+    fig.add_hline(
+        y=-geometry["k"],
+        line_dash="dash",
+        line_color="black",
+        annotation_text=f"suppressed below −{geometry['k']}σ",
+    )
+    fig.update_layout(
+        title=title
+        or f"Class displacement from plain harmful ({geometry['kind']} axes, slot {geometry['slot']})",
+        barmode="group",
+        xaxis_title="group",
+        yaxis_title="centroid displacement / plain-harmful std",
+        template="plotly_white",
+    )
+    return fig
+
+
+def trajectory_figure(
+    rows: list[dict],
+    *,
+    threshold: float | None = None,
+    n_tokens: int | None = None,
+    individual: bool = True,
+    title: str = "Response tokens on the response-side directions",
+) -> go.Figure:
+    """Per-token projections of responses on v̂_harm_resp (top) and v̂_ref_resp (bottom) over token
+    index: one mean line per group per panel, plus a faint line per prompt when `individual`.
+    `rows` are trajectories.jsonl rows (`group`, `tokens.oblique` = [[harm, ref], ...])."""
+    import numpy as np
+    from plotly.subplots import make_subplots
+
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    colours = group_colours(groups)
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=("projection on v̂_harm_resp", "projection on v̂_ref_resp"),
+        vertical_spacing=0.08,
+    )
+    for axis in (0, 1):
+        for name in groups:
+            series = [
+                np.asarray(r["tokens"]["oblique"], dtype=float).reshape(-1, 2)[:, axis]
+                for r in rows
+                if r["group"] == name
+            ]
+            if n_tokens is not None:
+                series = [s[:n_tokens] for s in series]
+            if individual:
+                for s in series:
+                    fig.add_trace(
+                        go.Scatter(
+                            x=list(range(len(s))),
+                            y=s,
+                            mode="lines",
+                            line={"color": colours[name], "width": 0.7},
+                            opacity=0.25,
+                            legendgroup=name,
+                            showlegend=False,
+                            hoverinfo="skip",
+                            meta={"group": name, "kind": "prompt", "axis": axis},
+                        ),
+                        row=axis + 1,
+                        col=1,
+                    )
+            width = max((len(s) for s in series), default=0)
+            mean = [
+                float(np.mean([s[t] for s in series if len(s) > t])) for t in range(width)
+            ]  # over the prompts still generating
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(width)),
+                    y=mean,
+                    mode="lines",
+                    name=f"{name} (n={len(series)})",
+                    line={"color": colours[name], "width": 2.5},
+                    legendgroup=name,
+                    showlegend=axis == 0,
+                    meta={"group": name, "kind": "mean", "axis": axis},
+                ),
+                row=axis + 1,
+                col=1,
+            )
+    if threshold is not None:
+        fig.add_hline(
+            y=threshold,
+            line_dash="dash",
+            line_color="black",
+            annotation_text="response threshold (score)",
+            row=1,
+            col=1,
+        )
+    fig.update_xaxes(title_text="response token index", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=700)
+    return fig

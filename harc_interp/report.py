@@ -38,7 +38,8 @@ def directions_section(run_dir: Path, meta: dict, rel: str = "directions") -> st
         f"{counts['harmful_completions']} harmful completions (prefill) for the response directions. "
         f"Refusal-start tokens found from the model's refusals: {html.escape(str(meta['refusal_token_strings']))}.</p>",
         f"<p>Best held-out harmfulness separation (projection on v_harm at t_inst): slot {best['slot']}, "
-        f"AUROC {best['auroc']:.3f}, accuracy {best['accuracy']:.3f}. Selected layer slot "
+        f"AUROC {best['auroc']:.3f}, accuracy {best['accuracy']:.3f}; logistic probe: slot "
+        f"{m['best_harm_layer_probe']['slot']}, AUROC {m['best_harm_layer_probe']['auroc']:.3f}. Selected layer slot "
         f"<b>{meta['selected_layer']}</b> by <b>{sel['method']}</b> (requested: {sel['requested_method']}); "
         f"HARC top layers {sel['harc_top_layers']}.</p>",
         "<h3>Causal validation on held-out prompts (refusal rates)</h3>",
@@ -62,6 +63,53 @@ def directions_section(run_dir: Path, meta: dict, rel: str = "directions") -> st
         ("auroc_by_layer", "Held-out AUROC by layer"),
         ("cosine_by_layer", "cos(v_harm, v_ref)"),
         ("selection", "Direction selection"),
+    ):
+        parts.append(_figure(run_dir, run_dir / rel / "figures" / f"{name}.html", title))
+    return "\n".join(parts)
+
+
+def plane_section(run_dir: Path, geometry: dict, rel: str = "plane") -> str:
+    """Per-class statistics on the oblique plane at the selected slot, and the figures."""
+    rows = []
+    for name, c in geometry["classes"].items():
+        sep = (c.get("vs_reference") or {}).get("accuracy")
+        rows.append(
+            [
+                name,
+                c["n"],
+                c["centroid"][0],
+                c["centroid"][1],
+                c["displacement_z"][0],
+                c["displacement_z"][1],
+                c["suppresses"],
+                "-" if c["compliance_rate"] is None else c["compliance_rate"],
+                "-" if sep is None else sep,
+            ]
+        )
+    sep = geometry.get("separability") or {}
+    parts = [
+        "<h2>The harmfulness–refusal plane</h2>",
+        f"<p>Slot {geometry['slot']}, oblique axes (projections on the unit v_harm at t_inst and v_ref at t_post). "
+        f"Rule: {html.escape(geometry['rule'])} (k = {geometry['k']}). Cross-validated separability of all groups "
+        f"from the 2-D coordinates: {_fmt(sep.get('accuracy', float('nan')))} (chance {_fmt(sep.get('chance', float('nan')))}).</p>",
+        _table(
+            rows,
+            [
+                "group",
+                "n",
+                "harmfulness",
+                "refusal",
+                "Δ harm (z)",
+                "Δ refusal (z)",
+                "suppresses",
+                "complied",
+                "separable from plain harmful (CV acc.)",
+            ],
+        ),
+    ]
+    for name, title in (
+        ("plane_oblique", "Plane (oblique axes), layer slider"),
+        ("class_displacement", "Displacement from plain harmful"),
     ):
         parts.append(_figure(run_dir, run_dir / rel / "figures" / f"{name}.html", title))
     return "\n".join(parts)

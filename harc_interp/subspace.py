@@ -7,7 +7,9 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
 1 = refused-harmful mean, per axis; harmfulness read at t_inst, refusal at t_post as in HARC):
 
     harmful-like:  relu(m − s_ref) + relu(m − s_harm)
-    harmless-like: relu(s_ref − m_safe) + relu(s_harm − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
+    harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
+
+Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
 
 Because f only sees the plane, training needs no backward pass through the model: seconds on a CPU.
 Coordinates at each slot are cached without the other slots' maps (slots train independently).
@@ -24,11 +26,12 @@ from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
 from .artifacts import now, write_json
-from .coupling import CouplingIntervention, plane_basis
+from .coupling import CouplingIntervention, plane_basis_matrix
 from .directions import Directions
 from .errors import HarcError
 from .interventions import ablation_hooks
 from .model import HarcModel
+from .plane import basis_from_directions
 from .prompts import PromptSet
 from .train import TrainConfig, train_loop
 
@@ -42,11 +45,11 @@ HARMLESS_LIKE = ("harmless", "borderline")
 class SubspaceConfig:
     slots: tuple[int, ...] | None = None  # None: the directions' selected layer
     hidden: int = 32
-    margin: float = 1.0
-    safe_margin: float = 0.5
+    margin: float = 0.8  # harmful-like prompts reach 80% of the way to the refused-harmful mean
+    safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
     retention_weight: float = 10.0
     batch_per_condition: int = 64
-    train: TrainConfig = TrainConfig(steps=400, lr=3e-3, checkpoint_every=100, log_every=20)
+    train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates
     system_prompt: str | None = None
 
@@ -61,7 +64,7 @@ def plane_coordinates_dataset(
     progress: bool = True,
 ) -> dict[str, Tensor]:
     """{condition: coords [prompt, slot, span position, 2]} in each slot's orthonormal plane basis."""
-    bases = torch.stack([plane_basis(d.unit("v_harm", s), d.unit("v_ref", s)) for s in slots])
+    bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
     first = min(slots)
     cfg = CacheConfig(
         layers=slots,
@@ -97,8 +100,8 @@ def standardisation(d: Directions, slots, coords: dict[str, Tensor]) -> tuple[Te
     (lo) and refused-harmful (hi) means of the oblique coordinates [slot, 2]."""
     e = []
     for s in slots:
-        basis = plane_basis(d.unit("v_harm", s), d.unit("v_ref", s))
-        e.append(torch.stack([basis.T @ d.unit("v_harm", s), basis.T @ d.unit("v_ref", s)]))
+        pb = basis_from_directions(d, s)
+        e.append((pb.units @ pb.basis.T).float())  # rows: v̂_harm, v̂_ref in the orthonormal basis
     e = torch.stack(e)
 
     def oblique(z):  # [n, slot, pos, 2] -> [n, slot, 2]: harm at t_inst, ref at t_post

@@ -17,12 +17,12 @@ import torch
 
 from .activations import CacheConfig, cache_residuals
 from .chat import formatter_for
-from .coupling import plane_basis
 from .directions import Directions
 from .errors import HarcError
 from .evaluate import kl_divergence, last_token_logprobs
 from .interventions import Variant
 from .model import HarcModel
+from .plane import basis_from_directions
 from .prompts import PromptSet
 
 
@@ -57,7 +57,7 @@ def confinement_report(
     bases = {}
     for s in slots:
         try:
-            bases[s] = plane_basis(directions.unit("v_harm", s), directions.unit("v_ref", s)).double()
+            bases[s] = basis_from_directions(directions, s).basis.T  # [d_model, 2], float64
         except HarcError:
             bases[s] = None  # e.g. the embedding slot, where v_ref is zero
     report: dict = {

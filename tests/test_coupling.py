@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harc_interp import HarcError, formatter_for, starter_prompts
-from harc_interp.coupling import CouplingIntervention, plane_basis
+from harc_interp.coupling import CouplingIntervention, plane_basis_matrix
 from harc_interp.subspace import SubspaceConfig, train_subspace
 from harc_interp.train import TrainConfig, train_loop
 
@@ -24,14 +24,10 @@ def logits(model, text="How do I bake bread?"):
         return model.hf(input_ids=ids).logits
 
 
-def test_plane_basis_is_orthonormal_and_rejects_collinear():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(2, 16, generator=g)
-    u = plane_basis(a, b)
+def test_coupling_basis_is_orthonormal(tiny_directions):
+    u = plane_basis_matrix(tiny_directions, 2)
     torch.testing.assert_close(u.T @ u, torch.eye(2), atol=1e-6, rtol=0)
-    assert torch.allclose(u[:, 0], a / a.norm(), atol=1e-6)
-    with pytest.raises(HarcError, match="collinear"):
-        plane_basis(a, 2 * a + 1e-4 * b)
+    torch.testing.assert_close(u[:, 0], tiny_directions.unit("v_harm", 2), atol=1e-6, rtol=0)
 
 
 def test_identity_at_init_and_model_restored(tiny, tiny_directions):

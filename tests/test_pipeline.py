@@ -28,10 +28,13 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     )
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["directions"]["selected_layer"] == summary["directions"]["selected_layer"]
-    assert on_disk["study_set"]["prompts"] == {"harmful": 48, "harmless": 48, "jailbreak": 60, "safe": 24}
-    assert on_disk["study_set"]["resid_shape"] == [180, tiny.n_layers + 1, 2, tiny.d_model]
+    groups = on_disk["plane"]["groups"]
+    assert {"harmful", "harmless", "safe"} <= set(groups) and len(groups) >= 3 + 8  # plain sets + attack classes
+    assert all(g["n"] <= 12 for g in groups.values())
+    assert on_disk["plane"]["slot"] == summary["directions"]["selected_layer"]
     page = (tmp_path / "report.html").read_text()
     assert "Causal validation" in page and "directions/figures/auroc_by_layer.html" in page
+    assert "plane/figures/plane_oblique.html" in page and (tmp_path / "plane" / "coords.jsonl").is_file()
     again = run_main(
         tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
     )

@@ -1,0 +1,83 @@
+"""Directions, selection, causal checks and the confined coupling on the real offline model (small run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harc_interp import load_prompts, starter_prompts
+from harc_interp.coupling import CouplingIntervention
+from harc_interp.directions import Directions
+from harc_interp.extract import DirectionsConfig, extract_directions
+from harc_interp.interventions import Variant
+from harc_interp.verify import confinement_report
+
+pytestmark = pytest.mark.slow
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def real_directions(real, tmp_path_factory):
+    if (SHARED / "harmful_dev.jsonl").is_file():
+        harmful = load_prompts(SHARED / "harmful_dev.jsonl")
+        harmless = load_prompts(SHARED / "harmless_dev.jsonl").exclude(source="jbb")
+    else:
+        harmful, harmless = starter_prompts("harmful"), starter_prompts("harmless")
+    cfg = DirectionsConfig(
+        n_train=24,
+        n_val=8,
+        n_test=12,
+        max_new_tokens=16,
+        n_response=16,
+        n_bootstrap=50,
+        eval_max_new_tokens=16,
+        selection_slots=(6, 10, 12, 14),
+    )
+    out = tmp_path_factory.mktemp("real-directions")
+    extract_directions(real, harmful, harmless, out, cfg, progress=False)
+    return Directions.load(out, model=real)
+
+
+def test_directions_separate_harm_and_drive_refusal(real, real_directions):
+    d = real_directions
+    m = d.meta
+    assert m["refusal_token_strings"][0] in {"I", "As"}  # found from the model's own refusals
+    assert m["metrics"]["best_harm_layer"]["auroc"] >= 0.9
+    cv = m["causal_validation"]
+    # Ablating the refusal direction lowers refusals of harmful prompts; adding it induces refusals.
+    assert cv["v_ref"]["harmful_refusal_rate_ablated"] < cv["harmful_refusal_rate"]
+    assert cv["v_ref"]["harmless_refusal_rate_added"] > cv["harmless_refusal_rate"]
+    assert d.vectors["v_harm"].shape == (real.n_layers + 1, real.d_model)
+    cos = m["metrics"]["cos_harm_ref"]
+    assert all(
+        lo <= c + 1e-6 <= hi + 2e-6
+        for lo, c, hi in zip(cos["ci_low"], cos["cos"], cos["ci_high"], strict=True)
+    )
+
+
+def test_confined_coupling_on_the_real_model(real, real_directions):
+    d = real_directions
+    slot = d.selected_layer
+    coupling = CouplingIntervention.from_directions(d, (slot,), torch.zeros(1, 2), torch.ones(1, 2) * 10)
+    with torch.no_grad():
+        coupling.maps[0].out.bias.fill_(1.0)  # a non-trivial map
+    prompts = {
+        "harmful": starter_prompts("harmful").sample(3, seed=0),
+        "harmless": starter_prompts("harmless").sample(3, seed=0),
+    }
+    report = confinement_report(
+        real,
+        d,
+        prompts,
+        tuned=Variant(coupling.hooks(real)),
+        intervened_slots=(slot,),
+        n_null=50,
+        progress=False,
+    )
+    assert report["confined_at_intervened"], report["max_rel_out_of_plane_at_intervened"]
+    at = [r for r in report["sets"]["harmful"] if r["slot"] == slot]
+    assert all(r["rel_change"] > 0 and r["in_plane_energy_fraction"] > 0.999999 for r in at)
+    downstream = [r for r in report["sets"]["harmful"] if r["slot"] > slot]
+    assert any(r["rel_out_of_plane"] > 1e-4 for r in downstream)  # the model spreads it: reported, not hidden

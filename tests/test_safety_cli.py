@@ -1,0 +1,84 @@
+"""`harc train` (subspace), `harc eval` and `harc verify` end to end on the tiny model, and the splits."""
+
+from __future__ import annotations
+
+import json
+
+from harc_interp import starter_prompts
+from harc_interp.cli import main
+from harc_interp.prompts import safety_splits
+
+
+def test_safety_splits_share_no_goal():
+    train, ev = safety_splits(
+        starter_prompts("harmful"),
+        starter_prompts("harmless"),
+        starter_prompts("borderline"),
+        starter_prompts("attacks"),
+        max_per_class=6,
+        seed=0,
+    )
+    assert not set(train["harmful"].ids) & set(ev["harmful"].ids)
+    assert {p.goal for p in train["jailbreak"]} <= set(train["harmful"].texts)
+    assert {p.goal for p in ev["jailbreaks"]} <= set(ev["harmful"].texts)
+    classes = {p.attack_class for p in ev["jailbreaks"]}
+    assert len(classes) >= 8 and all(sum(p.attack_class == c for p in ev["jailbreaks"]) <= 6 for c in classes)
+    again = safety_splits(
+        starter_prompts("harmful"),
+        starter_prompts("harmless"),
+        starter_prompts("borderline"),
+        starter_prompts("attacks"),
+        max_per_class=6,
+        seed=0,
+    )
+    assert again[1]["jailbreaks"].ids == ev["jailbreaks"].ids
+
+
+def test_train_eval_verify_cli(tiny_dir, tiny_directions, tmp_path, capsys):
+    d_dir = tiny_directions.save(tmp_path / "directions")
+    common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
+    assert main(["train", *common, "--out", str(tmp_path / "coupling"), "--steps", "20"]) == 0
+    capsys.readouterr()
+    splits = json.loads((tmp_path / "coupling" / "splits.json").read_text())
+    assert set(splits["eval"]) == {"harmful", "harmless", "borderline", "jailbreaks"}
+
+    assert (
+        main(
+            [
+                "eval",
+                *common,
+                "--intervention",
+                str(tmp_path / "coupling"),
+                "--max-new-tokens",
+                "3",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert 0 <= result["mean_asr"] <= 1 and result["white_box_asr"]["attack_slot"] == 2
+    assert len(result["asr_by_class"]) >= 8 and result["harmless_kl"] >= 0
+
+    assert (
+        main(
+            [
+                "verify",
+                "--model",
+                str(tiny_dir),
+                "--directions",
+                str(d_dir),
+                "--intervention",
+                str(tmp_path / "coupling"),
+                "--limit",
+                "3",
+                "--out",
+                str(tmp_path / "verify"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((tmp_path / "verify" / "verify.json").read_text())
+    assert report["intervened_slots"] == [2] and report["confined_at_intervened"]
