@@ -29,7 +29,9 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["directions"]["selected_layer"] == summary["directions"]["selected_layer"]
     groups = on_disk["plane"]["groups"]
-    assert {"harmful", "harmless", "safe"} <= set(groups) and len(groups) >= 3 + 8  # plain sets + attack classes
+    assert {"harmful", "harmless", "safe"} <= set(groups) and len(
+        groups
+    ) >= 3 + 8  # plain sets + attack classes
     assert all(g["n"] <= 12 for g in groups.values())
     assert on_disk["plane"]["slot"] == summary["directions"]["selected_layer"]
     page = (tmp_path / "report.html").read_text()
