@@ -81,3 +81,35 @@ def test_confined_coupling_on_the_real_model(real, real_directions):
     assert all(r["rel_change"] > 0 and r["in_plane_energy_fraction"] > 0.999999 for r in at)
     downstream = [r for r in report["sets"]["harmful"] if r["slot"] > slot]
     assert any(r["rel_out_of_plane"] > 1e-4 for r in downstream)  # the model spreads it: reported, not hidden
+
+
+def test_plane_on_the_real_model(real, real_directions, tmp_path):
+    from harc_interp.plane import PlaneConfig, run_plane, study_prompts
+
+    attacks = starter_prompts("attacks")
+    classes = ["prefix_injection", "refusal_suppression"]
+    study = study_prompts(
+        [
+            starter_prompts("harmful").sample(6, seed=3),
+            starter_prompts("harmless").sample(6, seed=3),
+            attacks,
+        ],
+        n_goals=3,
+        classes=classes,
+    )
+    result = run_plane(
+        real,
+        real_directions,
+        study,
+        tmp_path,
+        PlaneConfig(max_new_tokens=12, n_permutations=10),
+        progress=False,
+    )
+    geo = result.geometry["oblique"]
+    harmful, harmless = geo.get("harmful"), geo.get("harmless")
+    assert (
+        harmful.centroid[0] > harmless.centroid[0]
+    )  # harmfulness axis separates plain harmful from harmless
+    assert harmful.centroid[1] > harmless.centroid[1]  # and so does the refusal axis
+    assert {c.name for c in geo.classes} >= {"harmful", "harmless", *classes}
+    assert (tmp_path / "coords.jsonl").is_file() and (tmp_path / "figures" / "plane_oblique.html").is_file()
