@@ -365,12 +365,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args) -> dict:
     from .artifacts import write_json
-    from .directions import Directions
-    from .model import load_model
     from .train import TrainConfig
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
-    d = Directions.load(args.directions, model=model)
+    model, d = _load_with_directions(args)
     train_sets, eval_sets = _safety_sets(args)
     out = Path(args.out)
     slots = _int_list(args.slots)
@@ -381,7 +378,12 @@ def cmd_train(args) -> dict:
             steps=args.steps or 1500, lr=args.lr or 1e-2, seed=args.seed, checkpoint_every=250, log_every=50
         )
         train_subspace(
-            model, d, train_sets, out, SubspaceConfig(slots=slots, train=tc), progress=not args.quiet
+            model,
+            d,
+            train_sets,
+            out,
+            SubspaceConfig(slots=slots, train=tc, system_prompt=args.system_prompt),
+            progress=not args.quiet,
         )
     else:
         from .lora import LoraConfig, train_lora
@@ -407,13 +409,10 @@ def cmd_train(args) -> dict:
 
 def cmd_eval(args) -> dict:
     from .artifacts import write_json
-    from .directions import Directions
     from .evaluate import evaluate_safety
     from .interventions import Variant, load_intervention
-    from .model import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
-    d = Directions.load(args.directions, model=model)
+    model, d = _load_with_directions(args)
     _, ev = _safety_sets(args)
     kwargs = dict(
         jailbreaks=ev["jailbreaks"],
@@ -423,6 +422,7 @@ def cmd_eval(args) -> dict:
         directions=d,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        system_prompt=args.system_prompt,
         progress=not args.quiet,
     )
     if args.intervention:
@@ -451,13 +451,10 @@ def cmd_eval(args) -> dict:
 
 def cmd_verify(args) -> dict:
     from .artifacts import read_json, write_json
-    from .directions import Directions
     from .interventions import load_intervention
-    from .model import load_model
     from .verify import confinement_report
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
-    d = Directions.load(args.directions, model=model)
+    model, d = _load_with_directions(args)
     prompts = {
         "harmful": _load_prompt_files(args.harmful, "harmful", args.limit),
         "harmless": _load_prompt_files(args.harmless, "harmless", args.limit),

@@ -5,7 +5,6 @@ Later stages (coupling, verification) plug in here as they land.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,8 +16,6 @@ from .model import DEFAULT_MODEL, HarcModel, load_model
 from .plane import PlaneConfig, directions_training_ids, run_plane, study_prompts
 from .prompts import PromptSet, starter_prompts
 from .report import directions_section, plane_section, write_report
-
-log = logging.getLogger(__name__)
 
 
 def run_main(
