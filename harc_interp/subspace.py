@@ -17,6 +17,7 @@ Coordinates at each slot are cached without the other slots' maps (slots train i
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
-from .artifacts import now, write_json
+from .artifacts import load_tensors, now, read_json, save_tensors, write_json
 from .coupling import CouplingIntervention, plane_basis_matrix
 from .directions import Directions
 from .errors import HarcError
@@ -129,9 +130,18 @@ def train_subspace(
     if any(s is None or not 0 <= s < model.n_layers for s in slots):
         raise HarcError(f"coupling slots must be block inputs 0..{model.n_layers - 1}, got {slots}")
     d.check_model(model)
-    coords = plane_coordinates_dataset(
-        model, d, tuple(slots), sets, config.batch_size, config.system_prompt, progress
-    )
+    coords_path = out_dir / "work" / "coordinates.safetensors"
+    key = {"slots": list(slots), "ids": {k: v.ids for k, v in sets.items()}, "fingerprint": model.fingerprint}
+    if coords_path.is_file() and read_json(out_dir / "work" / "coordinates.json") == json.loads(
+        json.dumps(key)
+    ):
+        coords = load_tensors(coords_path)  # resume: the forward passes are the slow part
+    else:
+        coords = plane_coordinates_dataset(
+            model, d, tuple(slots), sets, config.batch_size, config.system_prompt, progress
+        )
+        save_tensors(coords_path, coords)
+        write_json(out_dir / "work" / "coordinates.json", key)
     e, lo, hi = standardisation(d, slots, coords)
     flat = torch.cat([z.reshape(-1, len(slots), 2) for z in coords.values()])  # every position, every prompt
     coupling = CouplingIntervention.from_directions(
@@ -151,9 +161,7 @@ def train_subspace(
             else:
                 sigma = torch.stack([m.sigma for m in coupling.maps])[None, :, None]
                 retention = ((mapped - zb) / sigma).pow(2).sum(-1).mean()
-                hinge = (
-                    torch.relu(s_ref - config.safe_margin) + torch.relu(s_harm - config.safe_margin)
-                ).mean()
+                hinge = torch.relu(s_ref - config.safe_margin).mean()
                 loss = hinge + config.retention_weight * retention
             parts[name] = float(loss.detach())
             total = total + loss

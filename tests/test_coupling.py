@@ -114,7 +114,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert [int(line.split('"step": ')[1].split(",")[0]) for line in lines] == list(range(1, 31))
 
 
-def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path):
+def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypatch):
     harmful = starter_prompts("harmful").sample(8, seed=1)
     sets = {
         "harmful": harmful,
@@ -130,3 +130,11 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path):
     assert last["harmful_ablate_ref"] < first["harmful_ablate_ref"]
     loaded = CouplingIntervention.load(tmp_path)
     assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8
+
+    # A rerun reuses the cached plane coordinates (no forward passes) and the finished checkpoint.
+    import harc_interp.subspace as subspace_mod
+
+    monkeypatch.setattr(subspace_mod, "plane_coordinates_dataset", lambda *a, **k: pytest.fail("recomputed"))
+    again = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    h = torch.randn(2, 3, tiny.d_model)
+    torch.testing.assert_close(again.edit(0, h), coupling.edit(0, h))
