@@ -57,6 +57,17 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """JSON lines, atomically."""
+    path = Path(path)
+    tmp = _tmp_beside(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def read_json(path: str | Path) -> dict | list:
     path = Path(path)
     if not path.is_file():

@@ -83,7 +83,7 @@ def cmd_cache(args) -> dict:
 
 
 def cmd_generate(args) -> dict:
-    from .artifacts import write_json
+    from .artifacts import write_json, write_jsonl
     from .generate import generate
     from .model import load_model
 
@@ -99,24 +99,18 @@ def cmd_generate(args) -> dict:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".generations.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p, g in zip(ps.prompts, gens, strict=True):
-            f.write(
-                json.dumps(
-                    {
-                        "id": g.prompt_id,
-                        "label": p.label,
-                        "attack_class": p.attack_class,
-                        "prompt": g.instruction,
-                        "response": g.response,
-                        "finished": g.finished,
-                    },
-                    ensure_ascii=False,
-                )
-                + "\n"
-            )
-    tmp.replace(out / "generations.jsonl")
+    rows = [
+        {
+            "id": g.prompt_id,
+            "label": p.label,
+            "attack_class": p.attack_class,
+            "prompt": g.instruction,
+            "response": g.response,
+            "finished": g.finished,
+        }
+        for p, g in zip(ps.prompts, gens, strict=True)
+    ]
+    write_jsonl(out / "generations.jsonl", rows)
     write_json(
         out / "generations.json", {"model": model.name, "max_new_tokens": args.max_new_tokens, "n": len(gens)}
     )

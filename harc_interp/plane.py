@@ -25,11 +25,8 @@ p-value. **Compliance**: the share of a class's generations the refusal judge do
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
-import tempfile
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +38,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
-from .artifacts import now, versions, write_json
+from .artifacts import now, versions, write_json, write_jsonl
 from .chat import formatter_for
 from .directions import Directions
 from .errors import HarcError
@@ -607,16 +604,6 @@ def coords_rows(result: PlaneResult) -> list[dict]:
             }
         )
     return rows
-
-
-def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    """JSON lines, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    Path(tmp).replace(path)
 
 
 def plane_figures(result: PlaneResult) -> dict:

@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .artifacts import now, versions, write_json
+from .artifacts import now, versions, write_json, write_jsonl
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .directions import Directions
 from .errors import HarcError
@@ -46,7 +46,6 @@ from .plane import (
     plane_basis,
     resolve_slot,
     unit_vector,
-    write_jsonl,
 )
 from .prompts import PromptSet
 
