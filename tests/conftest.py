@@ -57,3 +57,13 @@ def tiny_directions(tiny):
         )
     ]
     return add_response_directions(d, *caches).with_meta(selected_layer=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_directions_dir(tiny, tiny_directions, tmp_path_factory):
+    """`tiny_directions` saved as an artifact folder, for CLI tests."""
+    from harc_interp import formatter_for
+
+    assert tiny_directions.meta["model_fingerprint"] == tiny.fingerprint
+    assert tiny_directions.meta["template_hash"] == formatter_for(tiny).template_hash
+    return tiny_directions.save(tmp_path_factory.mktemp("tiny_directions"))

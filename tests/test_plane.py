@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from harc_interp import CacheConfig, HarcError, cache_residuals, formatter_for, starter_prompts
+from harc_interp import CacheConfig, HarcError, cache_residuals, starter_prompts
 from harc_interp.cli import main
-from harc_interp.directions import Directions, add_response_directions, directions_from_activations
+from harc_interp.directions import Directions
 from harc_interp.plane import (
     PlaneBasis,
     class_geometry,
@@ -256,44 +256,10 @@ def test_study_prompts_fills_templates_and_samples_per_class():
 # End to end on the tiny model
 
 
-def build_tiny_directions(model, out_dir, selected_layer: int = 2) -> Directions:
-    """A Directions artifact for the tiny model: prompt-side directions from starter prompts and
-    response-side directions from fixed stand-in responses."""
-    harmful = starter_prompts("harmful").sample(12, seed=1)
-    harmless = starter_prompts("harmless").sample(12, seed=1)
-    acts = cache_residuals(
-        model,
-        harmful + harmless,
-        config=CacheConfig(positions=("t_inst", "t_post", "post_instruction")),
-        progress=False,
-    )
-    is_h = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
-    d = directions_from_activations(acts, is_h, ~is_h)
-    resp_cfg = CacheConfig(positions=("response_mean",), n_response=8)
-
-    def resp(ps, text):
-        return cache_residuals(model, ps, responses=[text] * len(ps), config=resp_cfg, progress=False)
-
-    d = add_response_directions(
-        d,
-        resp(harmful, "Sure, here is how to do it, step by step: 1 2 3"),
-        resp(harmful, "I'm sorry, but I can't help with that request."),
-        resp(harmless, "Sure, here is how. Bake bread step by step!"),
-    ).with_meta(selected_layer=selected_layer)
-    assert d.meta["model_fingerprint"] == model.fingerprint
-    assert d.meta["template_hash"] == formatter_for(model).template_hash
-    d.save(out_dir)
-    return d
-
-
-@pytest.fixture(scope="module")
-def tiny_directions(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_directions")
-    return out, build_tiny_directions(tiny, out)
-
-
-def test_plane_cli_end_to_end_on_tiny_model(tiny, tiny_dir, tiny_directions, tmp_path, capsys):
-    dir_path, d = tiny_directions
+def test_plane_cli_end_to_end_on_tiny_model(
+    tiny, tiny_dir, tiny_directions, tiny_directions_dir, tmp_path, capsys
+):
+    dir_path, d = tiny_directions_dir, tiny_directions
     out = tmp_path / "plane"
     argv = [
         "plane",

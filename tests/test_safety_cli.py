@@ -34,8 +34,8 @@ def test_safety_splits_share_no_goal():
     assert again[1]["jailbreaks"].ids == ev["jailbreaks"].ids
 
 
-def test_train_eval_verify_cli(tiny_dir, tiny_directions, tmp_path, capsys):
-    d_dir = tiny_directions.save(tmp_path / "directions")
+def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
+    d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
     assert main(["train", *common, "--out", str(tmp_path / "coupling"), "--steps", "20"]) == 0
     capsys.readouterr()

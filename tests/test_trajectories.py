@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_plane import build_tiny_directions  # tests/ is on sys.path, as for tiny.py
 
 from harc_interp import CacheConfig, HarcError, cache_residuals, formatter_for, starter_prompts
 from harc_interp.cli import main
@@ -109,14 +108,10 @@ def test_trajectory_figure_traces():
     assert fig.layout.shapes[0].y0 == pytest.approx(1.5)
 
 
-@pytest.fixture(scope="module")
-def tiny_directions(tiny, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_directions_traj")
-    return out, build_tiny_directions(tiny, out)
-
-
-def test_trajectories_cli_end_to_end_on_tiny_model(tiny, tiny_dir, tiny_directions, tmp_path, capsys):
-    dir_path, d = tiny_directions
+def test_trajectories_cli_end_to_end_on_tiny_model(
+    tiny, tiny_dir, tiny_directions, tiny_directions_dir, tmp_path, capsys
+):
+    dir_path, d = tiny_directions_dir, tiny_directions
     out = tmp_path / "traj"
     argv = [
         "trajectories",
