@@ -43,7 +43,7 @@ def _int_list(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise HarcError(f"--layers must be comma-separated integers, got {text!r}") from None
+        raise HarcError(f"expected comma-separated layer slots, got {text!r}") from None
 
 
 def cmd_cache(args) -> dict:
@@ -140,7 +140,17 @@ def cmd_directions(args) -> dict:
     harmful = _load_prompt_files(args.harmful, "harmful", None)
     harmless = _load_prompt_files(args.harmless, "harmless", None)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    d = extract_directions(model, harmful, harmless, args.out, config, progress=not args.quiet)
+    refusal_tokens = None
+    if args.refusal_tokens:
+        refusal_tokens = []
+        for text in args.refusal_tokens.split(","):
+            ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise HarcError(f"refusal token {text!r} is {len(ids)} tokens for this tokenizer, not one")
+            refusal_tokens.append(ids[0])
+    d = extract_directions(
+        model, harmful, harmless, args.out, config, refusal_tokens=refusal_tokens, progress=not args.quiet
+    )
     m = d.meta
     return {
         "out": str(args.out),
@@ -493,6 +503,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--harmless", nargs="+", default=None, help="harmless prompt files (default: built-in starter set)"
     )
     run.set_defaults(func=cmd_run)
+
+    dirs = sub.add_parser(
+        "directions",
+        help="v_harm, v_ref and response directions, probes, selection, causal checks -> OUT/directions.*",
+    )
+    _model_args(dirs)
+    dirs.add_argument(
+        "--harmful", nargs="+", required=True, help="harmful prompt files, starter:harmful, hf:..."
+    )
+    dirs.add_argument(
+        "--harmless", nargs="+", required=True, help="harmless prompt files, starter:harmless, ..."
+    )
+    dirs.add_argument("--out", required=True)
+    dirs.add_argument("--n-train", type=int, default=128, help="prompts per class before filtering")
+    dirs.add_argument("--n-val", type=int, default=16, help="prompts per class for selection")
+    dirs.add_argument("--n-test", type=int, default=32, help="held-out prompts per class")
+    dirs.add_argument("--no-filter", action="store_true", help="keep every training prompt, refused or not")
+    dirs.add_argument("--max-new-tokens", type=int, default=32, help="generation length for filtering")
+    dirs.add_argument(
+        "--n-response", type=int, default=32, help="response tokens pooled by response directions"
+    )
+    dirs.add_argument("--selection", choices=["arditi", "harc"], default="arditi")
+    dirs.add_argument("--selection-positions", default="t_post", help="comma-separated grid positions")
+    dirs.add_argument("--selection-slots", default=None, help="comma-separated slots (default: all)")
+    dirs.add_argument("--n-bootstrap", type=int, default=200)
+    dirs.add_argument("--eval-max-new-tokens", type=int, default=24)
+    dirs.add_argument(
+        "--refusal-tokens",
+        default=None,
+        help="comma-separated refusal-start tokens, e.g. 'I,As' (default: found from the model's refusals)",
+    )
+    dirs.add_argument("--seed", type=int, default=0)
+    dirs.set_defaults(func=cmd_directions)
 
     cache = sub.add_parser("cache", help="cache residuals at layer slots x named positions")
     _model_args(cache)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DirectionsConfig:
-    n_train: int = 64  # per class, before filtering
+    n_train: int = 128  # per class, before filtering (Arditi et al.)
     n_val: int = 16  # per class, for selection
     n_test: int = 32  # per class, held out for probes and causal validation
     filter_train: bool = True  # keep harmful prompts the model refuses and harmless ones it answers

@@ -67,8 +67,13 @@ def arditi_select(
     todo = [(s, p, gp) for s in slots for p, gp in zip(positions, grid_positions, strict=True)]
     for slot, name, grid_pos in tqdm(todo, desc="selecting direction", disable=not progress):
         vec = directions.grid_raw(slot, grid_pos)
+        nan = float("nan")
+        if slot >= limit:  # discarded whatever its scores: do not spend forward passes on it
+            candidates.append(
+                Candidate(slot, name, nan, nan, nan, False, f"last {1 - max_layer_fraction:.0%} of layers")
+            )
+            continue
         if vec.norm() < 1e-6:  # e.g. template tokens at the embedding: the same token in every prompt
-            nan = float("nan")
             candidates.append(Candidate(slot, name, nan, nan, nan, False, "zero direction"))
             continue
         ablate = ablation_hooks(model, vec)
@@ -84,7 +89,6 @@ def arditi_select(
         reasons = [
             r
             for r, bad in (
-                ("last 20% of layers", slot >= limit),
                 ("induce <= 0", induce <= 0),
                 (f"KL > {kl_max}", kl > kl_max),
             )

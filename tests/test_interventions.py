@@ -93,3 +93,27 @@ def test_judge_and_refusal_tokens():
     assert tokens == [40, 2121]
     with pytest.raises(HarcError, match="no refusal-start tokens"):
         find_refusal_tokens([], [[1]])
+
+
+def test_arditi_select_scores_only_eligible_depths(tiny, tiny_directions):
+    from harc_interp import starter_prompts
+    from harc_interp.selection import arditi_select
+
+    fmt = formatter_for(tiny)
+    harmful = fmt.format_many(starter_prompts("harmful").sample(4, seed=1).texts)
+    harmless = fmt.format_many(starter_prompts("harmless").sample(4, seed=1).texts)
+    refusal_tokens = tiny.tokenizer("I", add_special_tokens=False)["input_ids"]
+    best, cands, baseline = arditi_select(
+        tiny, tiny_directions, harmful, harmless, refusal_tokens, slots=(1, 2, 3), kl_max=1e9, progress=False
+    )
+    by_slot = {c.slot: c for c in cands}
+    # 4 layers: slot 3 is in the last 20% and is discarded without being scored.
+    assert by_slot[3].reason == "last 20% of layers" and math.isnan(by_slot[3].bypass_score)
+    assert not by_slot[3].eligible
+    for s in (1, 2):
+        c = by_slot[s]
+        assert math.isfinite(c.bypass_score) and math.isfinite(c.kl) and c.kl >= 0
+        assert c.eligible == (c.induce_score > 0)
+    eligible = [c for c in cands if c.eligible]
+    assert best == (min(eligible, key=lambda c: c.bypass_score) if eligible else None)
+    assert set(baseline) == {"harmful_refusal_score", "harmless_refusal_score"}
