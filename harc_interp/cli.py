@@ -335,6 +335,8 @@ def _safety_sets(args):
     jailbreaks = jb[0]
     for more in jb[1:]:
         jailbreaks = jailbreaks + more
+    if args.classes:
+        jailbreaks = jailbreaks.attack_classes(c for c in args.classes.split(",") if c.strip())
     return safety_splits(
         harmful,
         harmless,
@@ -359,6 +361,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--eval-fraction", type=float, default=0.5, help="share of each set held out for evaluation"
     )
     p.add_argument("--max-per-class", type=int, default=16)
+    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
     p.add_argument(
         "--heldout",
         action="store_true",

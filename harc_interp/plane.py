@@ -415,12 +415,13 @@ def study_prompts(
     draws a deterministic sample of at most that many prompts per group; `exclude_ids` drops prompts
     (and goals) by id, e.g. those used to compute the directions (`directions_training_ids`)."""
     exclude = set(exclude_ids)
+    if classes is not None:
+        merged = PromptSet(
+            "prompts", tuple(p for s in sets for p in s.prompts), tuple(t for s in sets for t in s.templates)
+        )
+        sets = [merged.attack_classes(classes)]
     prompts = [p for s in sets for p in s.prompts if p.id not in exclude]
     templates = [t for s in sets for t in s.templates]
-    if classes is not None:
-        wanted = set(classes)
-        prompts = [p for p in prompts if not p.attack_class or p.attack_class in wanted]
-        templates = [t for t in templates if t.attack_class in wanted]
     if templates:
         pool = goals.prompts if goals is not None else [p for p in prompts if group_of(p) == REFERENCE]
         pool = [p for p in pool if p.id not in exclude]

@@ -76,6 +76,17 @@ class PromptSet:
         keep = tuple(p for p in self.prompts if not any(p.field(k) == v for k, v in fields.items()))
         return PromptSet(self.name, keep, self.templates)
 
+    def attack_classes(self, classes: Iterable[str]) -> PromptSet:
+        """Keep the attack prompts and templates of these classes; prompts with no class stay."""
+        wanted = set(classes)
+        known = {p.attack_class for p in self.prompts} | {t.attack_class for t in self.templates}
+        if unknown := wanted - known:
+            raise HarcError(
+                f"no attack class {sorted(unknown)} in '{self.name}'; it has {sorted(known - {None})}"
+            )
+        keep = tuple(p for p in self.prompts if not p.attack_class or p.attack_class in wanted)
+        return PromptSet(self.name, keep, tuple(t for t in self.templates if t.attack_class in wanted))
+
     def with_label(self, label: str) -> PromptSet:
         return PromptSet(self.name, tuple(replace(p, label=label) for p in self.prompts), self.templates)
 

@@ -79,3 +79,16 @@ def test_bad_files_are_named(tmp_path):
         load_prompts(tmp_path / "nope.jsonl")
     with pytest.raises(HarcError, match="unknown starter set"):
         load_prompts("starter:evil")
+
+
+def test_attack_classes_keeps_prompts_and_templates_of_those_classes():
+    attacks = starter_prompts("attacks")
+    filled = expand_attacks(attacks.templates, starter_prompts("harmful").prompts[:2])
+    mixed = filled + attacks + starter_prompts("harmless")
+    first = attacks.templates[0].attack_class
+    kept = mixed.attack_classes([first])
+    assert {t.attack_class for t in kept.templates} == {first}
+    assert {p.attack_class for p in kept.prompts} == {first, None}
+    assert len(kept.where(label="harmless")) == len(starter_prompts("harmless"))
+    with pytest.raises(HarcError, match="no attack class \\['nope'\\]"):
+        mixed.attack_classes([first, "nope"])
