@@ -324,13 +324,24 @@ def _plane_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
-def _safety_sets(args):
-    """Train and eval prompt sets for `train` and `eval` (deterministic given --seed)."""
-    from .prompts import load_prompts, safety_splits
+def _safety_sets(args, directions):
+    """Train and eval prompt sets for `train` and `eval` (deterministic given --seed); with --heldout,
+    without the prompts the directions were computed or selected on."""
+    from .plane import directions_training_ids
+    from .prompts import PromptSet, load_prompts, safety_splits
 
-    harmful = _load_prompt_files(args.harmful, "harmful", None)
-    harmless = _load_prompt_files(args.harmless, "harmless", None)
-    borderline = _load_prompt_files(args.borderline, "safe", None)
+    drop = directions_training_ids(directions) if args.heldout else set()
+
+    def plain(paths, label):
+        ps = _load_prompt_files(paths, label, None)
+        kept = PromptSet(ps.name, tuple(p for p in ps.prompts if p.id not in drop))
+        if len(kept) < 4:
+            raise HarcError(f"only {len(kept)} {label} prompts left after --heldout; pass more prompts")
+        return kept
+
+    harmful = plain(args.harmful, "harmful")
+    harmless = plain(args.harmless, "harmless")
+    borderline = plain(args.borderline, "safe")
     jb = [load_prompts(p) for p in args.jailbreaks]
     jailbreaks = jb[0]
     for more in jb[1:]:
@@ -375,7 +386,7 @@ def cmd_train(args) -> dict:
     from .train import TrainConfig
 
     model, d = _load_with_directions(args)
-    train_sets, eval_sets = _safety_sets(args)
+    train_sets, eval_sets = _safety_sets(args, d)
     out = Path(args.out)
     slots = _int_list(args.slots)
     if args.mode == "subspace":
@@ -420,7 +431,7 @@ def cmd_eval(args) -> dict:
     from .interventions import Variant, load_intervention
 
     model, d = _load_with_directions(args)
-    _, ev = _safety_sets(args)
+    _, ev = _safety_sets(args, d)
     kwargs = dict(
         jailbreaks=ev["jailbreaks"],
         harmful=ev["harmful"],
@@ -442,7 +453,8 @@ def cmd_eval(args) -> dict:
         )
         slot = meta.get("slots") or meta.get("final_slots") or [d.selected_layer]
         with load_intervention(model, args.intervention) as (tuned, base):
-            result = evaluate_safety(model, tuned=tuned, base=base, attack_slot=min(slot), **kwargs)
+            attack_slot = args.attack_slot if args.attack_slot is not None else min(slot)
+            result = evaluate_safety(model, tuned=tuned, base=base, attack_slot=attack_slot, **kwargs)
         result["intervention"] = str(args.intervention)
     else:
         result = evaluate_safety(model, tuned=Variant(), attack_slot=args.attack_slot, **kwargs)
@@ -615,7 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--directions", required=True)
     ev.add_argument("--intervention", default=None, help="a `harc train` output or a peft LoRA adapter")
     ev.add_argument(
-        "--attack-slot", type=int, default=None, help="white-box attacks ablate upstream of this slot"
+        "--attack-slot",
+        type=int,
+        default=None,
+        help="white-box attacks ablate upstream of this slot (default: the first coupling slot, else the "
+        "selected layer); use the same slot for every variant you compare",
     )
     ev.add_argument("--max-new-tokens", type=int, default=24)
     ev.add_argument("--out", required=True)

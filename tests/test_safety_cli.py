@@ -82,3 +82,27 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     )
     report = json.loads((tmp_path / "verify" / "verify.json").read_text())
     assert report["intervened_slots"] == [2] and report["confined_at_intervened"]
+
+
+def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
+    from harc_interp import starter_prompts
+    from harc_interp.cli import _safety_sets, build_parser
+
+    harmful_ids = starter_prompts("harmful").ids
+    used = {
+        "harmful_train": harmful_ids[:5],
+        "harmful_val": harmful_ids[5:7],
+        "harmful_test": harmful_ids[7:9],
+    }
+    d = tiny_directions.with_meta(splits=used)
+    first_class = starter_prompts("attacks").templates[0].attack_class
+    args = build_parser().parse_args(["eval", "--directions", "x", "--out", "y", "--heldout"])
+    train, ev = _safety_sets(args, d)
+    seen = {p.id for s in (*train.values(), *ev.values()) for p in s.prompts}
+    assert not seen & set(harmful_ids[:7])  # directions' train and val prompts are gone
+    assert set(harmful_ids[7:9]) <= seen  # their test prompts stay
+    assert {p.goal for p in ev["jailbreaks"] if p.goal} <= set(ev["harmful"].texts)
+
+    args = build_parser().parse_args(["eval", "--directions", "x", "--out", "y", "--classes", first_class])
+    _, ev = _safety_sets(args, d)
+    assert {p.attack_class for p in ev["jailbreaks"]} == {first_class}
