@@ -2,6 +2,7 @@
 
 from .activations import Activations, CacheConfig, cache_residuals
 from .chat import ChatFormatter, ChatPrompt, formatter_for
+from .directions import Directions
 from .errors import HarcError
 from .generate import Generation, generate
 from .model import DEFAULT_MODEL, OFFLINE_MODELS, HarcModel, load_model, resid_hook_name
@@ -22,6 +23,7 @@ __all__ = [
     "CacheConfig",
     "ChatFormatter",
     "ChatPrompt",
+    "Directions",
     "Generation",
     "HarcError",
     "HarcModel",

@@ -116,6 +116,42 @@ def standardisation(d: Directions, slots, coords: dict[str, Tensor]) -> tuple[Te
     return e, lo, hi
 
 
+def plane_separability(coords: dict[str, Tensor], slots: tuple[int, ...], seed: int = 0) -> dict:
+    """How well the plane alone tells each harmful-like condition from the harmless-like prompts, per slot
+    and span position: cross-validated AUROC of a logistic regression on the 2-D coordinates (0.5 = the
+    plane carries nothing to couple on). A position-wise map can only raise refusal where this is high."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    negatives = [coords[k] for k in HARMLESS_LIKE if k in coords]
+    if not negatives:
+        return {}
+    neg = torch.cat(negatives)
+    n_pos = neg.shape[2]
+    out: dict = {"positions": ["t_inst", *(f"post_{i}" for i in range(1, n_pos - 1)), "t_post"]}
+    for i, slot in enumerate(slots):
+        row = {}
+        for name in HARMFUL_LIKE:
+            if name not in coords:
+                continue
+            z = coords[name]
+            y = [1] * z.shape[0] + [0] * neg.shape[0]
+            folds = min(5, z.shape[0], neg.shape[0])
+            aurocs = []
+            for p in range(n_pos):
+                x = torch.cat([z[:, i, p], neg[:, i, p]]).double().numpy()
+                if folds < 2:
+                    aurocs.append(None)
+                    continue
+                cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+                score = cross_val_predict(LogisticRegression(), x, y, cv=cv, method="decision_function")
+                aurocs.append(round(float(roc_auc_score(y, score)), 3))
+            row[name] = aurocs
+        out[f"slot {slot}"] = row
+    return out
+
+
 def train_subspace(
     model: HarcModel,
     d: Directions,
@@ -167,8 +203,10 @@ def train_subspace(
             total = total + loss
         return total, parts
 
+    separability = plane_separability(coords, tuple(slots), seed=config.train.seed)
     rows = train_loop(coupling, loss_fn, config.train, out_dir, progress=progress)
     coupling.meta |= {
+        "plane_separability": separability,
         "mode": "subspace",
         "config": asdict(config),
         "directions_selected_layer": d.selected_layer,

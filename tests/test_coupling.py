@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -126,10 +128,13 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     assert coupling.slots == (2,)
     log = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(log) == 4
-    first, last = (eval(line.replace("null", "None")) for line in (log[0], log[-1]))  # noqa: S307
+    first, last = (json.loads(line) for line in (log[0], log[-1]))
     assert last["harmful_ablate_ref"] < first["harmful_ablate_ref"]
     loaded = CouplingIntervention.load(tmp_path)
     assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8
+    sep = loaded.meta["plane_separability"]
+    assert sep["positions"][0] == "t_inst" and sep["positions"][-1] == "t_post"
+    assert all(len(v) == len(sep["positions"]) for v in sep["slot 2"].values())
 
     # A rerun reuses the cached plane coordinates (no forward passes) and the finished checkpoint.
     import harc_interp.subspace as subspace_mod
@@ -138,3 +143,18 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     again = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     h = torch.randn(2, 3, tiny.d_model)
     torch.testing.assert_close(again.edit(0, h), coupling.edit(0, h))
+
+
+def test_plane_separability_sees_shifted_and_identical_conditions():
+    from harc_interp.subspace import plane_separability
+
+    gen = torch.Generator().manual_seed(0)
+    noise = lambda n: torch.randn(n, 1, 3, 2, generator=gen)  # noqa: E731  [prompt, slot, position, 2]
+    shifted = noise(40)
+    shifted[:, :, 2, 1] += 4.0  # separable at the last position only, on the refusal axis
+    coords = {"harmful": shifted, "harmless": noise(30), "borderline": noise(10), "jailbreak": noise(40)}
+    sep = plane_separability(coords, (7,))
+    assert sep["positions"] == ["t_inst", "post_1", "t_post"]
+    harmful, jailbreak = sep["slot 7"]["harmful"], sep["slot 7"]["jailbreak"]
+    assert harmful[2] > 0.95 and max(harmful[:2]) < 0.75
+    assert max(jailbreak) < 0.75  # drawn like the harmless prompts: nothing to couple on
