@@ -342,6 +342,7 @@ def extract_directions(
             judge=judge,
             max_new_tokens=cfg.eval_max_new_tokens,
             batch_size=cfg.batch_size,
+            responses_path=work / f"causal_slot{slot}_responses.json",
             progress=progress,
         ),
     )

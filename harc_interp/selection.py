@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .artifacts import write_json
 from .chat import ChatPrompt
 from .directions import Directions, cosine_per_layer
 from .errors import HarcError
@@ -142,22 +144,32 @@ def causal_validation(
     harmless: Sequence[ChatPrompt],
     *,
     judge: Judge = DEFAULT_JUDGE,
+    coefficients: Sequence[float] = (1.0, 2.0),
     max_new_tokens: int = 24,
     batch_size: int = 16,
+    responses_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Refusal rates on held-out prompts: harmful with and without ablating each direction everywhere,
-    harmless with and without adding it at `slot`. Refusal-driving directions move both."""
+    harmless with and without adding `c ·` the raw direction at `slot` for each coefficient c (the
+    headline numbers are c = 1, as in Arditi et al.; the others give the dose response). Refusal-driving
+    directions move both. With `responses_path`, every judged response is written there (not logged)."""
     if slot >= model.n_layers:
         raise HarcError(f"causal validation needs a block input slot < {model.n_layers}, got {slot}")
+    if 1.0 not in coefficients:
+        raise HarcError(
+            f"the addition coefficients must include 1.0 (the headline), got {list(coefficients)}"
+        )
+    responses: dict[str, list[str]] = {}
 
-    def refusals(chats, hooks=()):
+    def refusals(key, chats, hooks=()):
         gens = generate_chats(
             model, chats, max_new_tokens=max_new_tokens, batch_size=batch_size, hooks=hooks, progress=progress
         )
-        return [judge(model.tokenizer.decode(ids, skip_special_tokens=True)) for ids, _ in gens]
+        responses[key] = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in gens]
+        return [judge(text) for text in responses[key]]
 
-    base_harmful, base_harmless = refusals(harmful), refusals(harmless)
+    base_harmful, base_harmless = refusals("harmful", harmful), refusals("harmless", harmless)
     answered = [i for i, r in enumerate(base_harmless) if not r]
     out = {
         "slot": slot,
@@ -168,13 +180,29 @@ def causal_validation(
         "harmless_refusal_rate": _rate(base_harmless),
     }
     for name in ("v_ref", "v_harm"):
-        ablated = refusals(harmful, ablation_hooks(model, directions.unit(name, slot)))
-        added = refusals(harmless, addition_hooks(model, directions.raw(name, slot), slot))
+        ablated = refusals(
+            f"harmful_{name}_ablated", harmful, ablation_hooks(model, directions.unit(name, slot))
+        )
+        doses = []
+        for c in coefficients:
+            hooks = addition_hooks(model, c * directions.raw(name, slot), slot)
+            added = refusals(f"harmless_{name}_added_x{c:g}", harmless, hooks)
+            doses.append(
+                {
+                    "coefficient": c,
+                    "harmless_refusal_rate_added": _rate(added),
+                    "induced_on_answered": _rate([added[i] for i in answered]) if answered else None,
+                }
+            )
+        headline = next(d for d in doses if d["coefficient"] == 1.0)
         out[name] = {
             "harmful_refusal_rate_ablated": _rate(ablated),
-            "harmless_refusal_rate_added": _rate(added),
-            "induced_on_answered": _rate([added[i] for i in answered]) if answered else None,
+            "harmless_refusal_rate_added": headline["harmless_refusal_rate_added"],
+            "induced_on_answered": headline["induced_on_answered"],
+            "addition_dose_response": doses,
         }
+    if responses_path is not None:
+        write_json(responses_path, responses)
     return out
 
 

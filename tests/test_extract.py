@@ -39,7 +39,16 @@ def test_extract_directions_on_tiny_model(tiny, tmp_path):
     assert meta["selected_layer"] == d.selected_layer
     assert len(meta["metrics"]["probes"]["t_inst"]["projection"]) == tiny.n_layers + 1
     assert [c["slot"] for c in meta["selection"]["arditi"]["candidates"]] == [1, 2]
-    assert set(meta["causal_validation"]) >= {"v_ref", "v_harm", "harmful_refusal_rate"}
+    cv = meta["causal_validation"]
+    assert set(cv) >= {"v_ref", "v_harm", "harmful_refusal_rate"}
+    doses = cv["v_ref"]["addition_dose_response"]
+    assert [x["coefficient"] for x in doses] == [1.0, 2.0]
+    assert doses[0]["harmless_refusal_rate_added"] == cv["v_ref"]["harmless_refusal_rate_added"]
+    responses = json.loads((tmp_path / "work" / f"causal_slot{d.selected_layer}_responses.json").read_text())
+    assert (
+        len(responses["harmless_v_ref_added_x2"]) == cfg.n_test
+    )  # kept in the run folder, not in the artifact
+    assert "harmless_v_ref_added_x2" not in (tmp_path / "directions.json").read_text()
     assert not set(meta["splits"]["harmful_test"]) & set(meta["splits"]["harmful_train"])
     for name in ("auroc_by_layer", "cosine_by_layer", "selection"):
         assert (tmp_path / "figures" / f"{name}.html").is_file()

@@ -49,6 +49,7 @@ def test_directions_separate_harm_and_drive_refusal(real, real_directions):
     # Ablating the refusal direction lowers refusals of harmful prompts; adding it induces refusals.
     assert cv["v_ref"]["harmful_refusal_rate_ablated"] < cv["harmful_refusal_rate"]
     assert cv["v_ref"]["harmless_refusal_rate_added"] > cv["harmless_refusal_rate"]
+    assert [x["coefficient"] for x in cv["v_ref"]["addition_dose_response"]] == [1.0, 2.0]
     assert d.vectors["v_harm"].shape == (real.n_layers + 1, real.d_model)
     cos = m["metrics"]["cos_harm_ref"]
     assert all(
