@@ -400,7 +400,12 @@ def cmd_train(args) -> dict:
             d,
             train_sets,
             out,
-            SubspaceConfig(slots=slots, train=tc, system_prompt=args.system_prompt),
+            SubspaceConfig(
+                slots=slots,
+                train=tc,
+                system_prompt=args.system_prompt,
+                **({} if args.retention_weight is None else {"retention_weight": args.retention_weight}),
+            ),
             progress=not args.quiet,
         )
     else:
@@ -617,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--steps", type=int, default=None)
     tr.add_argument("--lr", type=float, default=None)
+    tr.add_argument(
+        "--retention-weight",
+        type=float,
+        default=None,
+        help="subspace mode: weight of keeping harmless and borderline plane coordinates unchanged",
+    )
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
