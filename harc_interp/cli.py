@@ -503,6 +503,7 @@ def cmd_verify(args) -> dict:
         "intervened_slots": intervened,
         "confined_at_intervened": report["confined_at_intervened"],
         "max_rel_out_of_plane_at_intervened": report["max_rel_out_of_plane_at_intervened"],
+        "summary": report["summary"],
         "harmless_kl": report.get("harmless_kl"),
     }
 

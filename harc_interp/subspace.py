@@ -48,7 +48,8 @@ class SubspaceConfig:
     hidden: int = 32
     margin: float = 0.8  # harmful-like prompts reach 80% of the way to the refused-harmful mean
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
-    retention_weight: float = 10.0
+    # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
+    retention_weight: float = 1.0
     batch_per_condition: int = 64
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates

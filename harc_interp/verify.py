@@ -95,6 +95,7 @@ def confinement_report(
                         worst_at_intervened = max(worst_at_intervened, row["rel_out_of_plane"])
                 rows.append(row)
         report["sets"][name] = rows
+        report.setdefault("summary", {})[name] = _summary(rows, tolerance)
     harmless = prompts.get("harmless")
     if harmless is not None:
         chats = formatter_for(model).format_many(harmless.texts)
@@ -103,6 +104,27 @@ def confinement_report(
         with tuned.context():
             lp1 = last_token_logprobs(model, chats, hooks=tuned.hooks, batch_size=batch_size)
         report["harmless_kl"] = float(kl_divergence(lp0, lp1).mean())
-    report["max_rel_out_of_plane_at_intervened"] = worst_at_intervened
-    report["confined_at_intervened"] = bool(intervened_slots) and worst_at_intervened <= tolerance
+    # An intervention with no designated slots (e.g. LoRA on every layer) has nothing to be confined at.
+    report["max_rel_out_of_plane_at_intervened"] = worst_at_intervened if intervened_slots else None
+    report["confined_at_intervened"] = worst_at_intervened <= tolerance if intervened_slots else None
     return report
+
+
+def _summary(rows: list[dict], tolerance: float) -> dict:
+    """Where the change lives, over every slot and position of one prompt set."""
+    changed = [r for r in rows if r["rel_change"] > tolerance]
+    in_plane = [r for r in changed if "in_plane_energy_fraction" in r]
+    return {
+        "first_changed_slot": min((r["slot"] for r in changed), default=None),
+        "max_rel_change": max((r["rel_change"] for r in rows), default=0.0),
+        "max_rel_out_of_plane": max((r.get("rel_out_of_plane", 0.0) for r in rows), default=0.0),
+        "mean_in_plane_energy_fraction": (
+            sum(r["in_plane_energy_fraction"] for r in in_plane) / len(in_plane) if in_plane else None
+        ),
+        "mean_null_p99": sum(r["null_p99"] for r in in_plane) / len(in_plane) if in_plane else None,
+        "share_above_null_p99": (
+            sum(r["in_plane_energy_fraction"] > r["null_p99"] for r in in_plane) / len(in_plane)
+            if in_plane
+            else None
+        ),
+    }

@@ -51,3 +51,14 @@ def test_confined_coupling_passes_and_leak_is_caught(tiny, tiny_directions):
         tiny, tiny_directions, prompts, tuned=Variant(leaky), intervened_slots=(2,), n_null=50, progress=False
     )
     assert not bad["confined_at_intervened"] and bad["max_rel_out_of_plane_at_intervened"] > 1e-3
+
+    # Summaries say where each change lives: the coupling's in the plane from slot 2 on, the leak's not.
+    good, leaked = ok["summary"]["harmful"], bad["summary"]["harmful"]
+    assert good["first_changed_slot"] == leaked["first_changed_slot"] == 2
+    assert good["mean_in_plane_energy_fraction"] > leaked["mean_in_plane_energy_fraction"]
+    assert leaked["max_rel_out_of_plane"] > 1e-3
+
+    # With no designated slots (a LoRA adapter) there is no confinement verdict, only the measurements.
+    none = confinement_report(tiny, tiny_directions, prompts, tuned=Variant(leaky), n_null=10, progress=False)
+    assert none["confined_at_intervened"] is None and none["max_rel_out_of_plane_at_intervened"] is None
+    assert none["summary"]["harmless"]["max_rel_change"] > 0
