@@ -185,11 +185,9 @@ def train_subspace(
         d, slots, flat.mean(0), flat.std(0), config.hidden, seed=config.train.seed
     )
 
-    def loss_fn(step: int, gen: torch.Generator):
+    def objective(batches: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         parts, total = {}, torch.zeros(())
-        for name, z in coords.items():
-            idx = torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
-            zb = z[idx]  # [b, slot, pos, 2]
+        for name, zb in batches.items():  # zb: [b, slot, pos, 2]
             mapped = torch.stack([coupling.maps[i](zb[:, i]) for i in range(len(slots))], dim=1)
             s_harm = (torch.einsum("nlk,lk->nl", mapped[:, :, 0], e[:, 0]) - lo[:, 0]) / (hi[:, 0] - lo[:, 0])
             s_ref = (torch.einsum("nlk,lk->nl", mapped[:, :, -1], e[:, 1]) - lo[:, 1]) / (hi[:, 1] - lo[:, 1])
@@ -204,6 +202,22 @@ def train_subspace(
             total = total + loss
         return total, parts
 
+    def loss_fn(step: int, gen: torch.Generator):
+        return objective(
+            {
+                name: z[
+                    torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
+                ]
+                for name, z in coords.items()
+            }
+        )
+
+    def full_objective() -> dict[str, float]:  # every cached example: comparable before and after
+        with torch.no_grad():
+            total, parts = objective(coords)
+        return parts | {"total": float(total)}
+
+    at_init = full_objective()
     separability = plane_separability(coords, tuple(slots), seed=config.train.seed)
     rows = train_loop(coupling, loss_fn, config.train, out_dir, progress=progress)
     coupling.meta |= {
@@ -214,6 +228,7 @@ def train_subspace(
         "standardisation": {"lo": lo.tolist(), "hi": hi.tolist()},
         "n_examples": {k: int(v.shape[0]) for k, v in coords.items()},
         "final_losses": rows[-1] if rows else None,
+        "objective": {"at_init": at_init, "trained": full_objective()},
         "trained": now(),
     }
     coupling.save(out_dir)

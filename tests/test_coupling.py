@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -128,9 +126,9 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     assert coupling.slots == (2,)
     log = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(log) == 4
-    first, last = (json.loads(line) for line in (log[0], log[-1]))
-    assert last["harmful_ablate_ref"] < first["harmful_ablate_ref"]
     loaded = CouplingIntervention.load(tmp_path)
+    objective = loaded.meta["objective"]
+    assert objective["trained"]["total"] < objective["at_init"]["total"]
     assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8
     sep = loaded.meta["plane_separability"]
     assert sep["positions"][0] == "t_inst" and sep["positions"][-1] == "t_post"
