@@ -12,13 +12,16 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
 
 Because f only sees the plane, training needs no backward pass through the model: seconds on a CPU.
-Coordinates at each slot are cached without the other slots' maps (slots train independently).
+With several slots the maps train in order, shallowest first: a slot's coordinates are cached with the
+already-trained maps upstream of it active, so the maps compose as they will run. (Maps trained
+independently and then stacked moved harmless residuals far off: KL 2.7 on the real model.)
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,7 +34,7 @@ from .coupling import CouplingIntervention, plane_basis_matrix
 from .directions import Directions
 from .errors import HarcError
 from .interventions import ablation_hooks
-from .model import HarcModel
+from .model import HarcModel, HookFn
 from .plane import basis_from_directions
 from .prompts import PromptSet
 from .train import TrainConfig, train_loop
@@ -64,10 +67,14 @@ def plane_coordinates_dataset(
     batch_size: int = 16,
     system_prompt: str | None = None,
     progress: bool = True,
+    attack_slot: int | None = None,
+    hooks: Sequence[tuple[str, HookFn]] = (),
 ) -> dict[str, Tensor]:
-    """{condition: coords [prompt, slot, span position, 2]} in each slot's orthonormal plane basis."""
+    """{condition: coords [prompt, slot, span position, 2]} in each slot's orthonormal plane basis.
+    The white-box conditions ablate upstream of `attack_slot` (default: the first slot); `hooks` run in
+    every condition (e.g. coupling maps already trained at shallower slots)."""
     bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
-    first = min(slots)
+    first = min(slots) if attack_slot is None else attack_slot
     cfg = CacheConfig(
         layers=slots,
         positions=("t_inst", "post_instruction"),
@@ -89,10 +96,10 @@ def plane_coordinates_dataset(
         "borderline": (sets.get("borderline"), ()),
     }
     out = {}
-    for name, (ps, hooks) in conditions.items():
+    for name, (ps, attack) in conditions.items():
         if ps is None or len(ps) == 0:
             continue
-        acts = cache_residuals(model, ps, config=cfg, hooks=hooks, progress=progress)
+        acts = cache_residuals(model, ps, config=cfg, hooks=[*attack, *hooks], progress=progress)
         out[name] = torch.einsum("nlpd,ldk->nlpk", acts.resid, bases)
     return out
 
@@ -167,49 +174,98 @@ def train_subspace(
     if any(s is None or not 0 <= s < model.n_layers for s in slots):
         raise HarcError(f"coupling slots must be block inputs 0..{model.n_layers - 1}, got {slots}")
     d.check_model(model)
-    coords_path = out_dir / "work" / "coordinates.safetensors"
-    key = {"slots": list(slots), "ids": {k: v.ids for k, v in sets.items()}, "fingerprint": model.fingerprint}
-    if coords_path.is_file() and read_json(out_dir / "work" / "coordinates.json") == json.loads(
-        json.dumps(key)
-    ):
-        coords = load_tensors(coords_path)  # resume: the forward passes are the slow part
-    else:
-        coords = plane_coordinates_dataset(
-            model, d, tuple(slots), sets, config.batch_size, config.system_prompt, progress
-        )
-        save_tensors(coords_path, coords)
-        write_json(out_dir / "work" / "coordinates.json", key)
-    e, lo, hi = standardisation(d, slots, coords)
-    flat = torch.cat([z.reshape(-1, len(slots), 2) for z in coords.values()])  # every position, every prompt
+    slots = tuple(sorted(slots))
+    # Every map starts as the exact identity, so the coupling's hooks only act at slots trained so far.
+    n = len(slots)
     coupling = CouplingIntervention.from_directions(
-        d, slots, flat.mean(0), flat.std(0), config.hidden, seed=config.train.seed
+        d, slots, torch.zeros(n, 2), torch.ones(n, 2), config.hidden, seed=config.train.seed
     )
+    stages = []
+    for k, slot in enumerate(slots):
+        work = out_dir / "work" if n == 1 else out_dir / "work" / f"slot{slot}"
+        key = {
+            "slots": list(slots[: k + 1]),
+            "ids": {name: ps.ids for name, ps in sets.items()},
+            "fingerprint": model.fingerprint,
+            **({"upstream_config": asdict(config)} if k else {}),  # upstream maps depend on it
+        }
+        coords_path = work / "coordinates.safetensors"
+        if coords_path.is_file() and read_json(work / "coordinates.json") == json.loads(json.dumps(key)):
+            coords = load_tensors(coords_path)  # resume: the forward passes are the slow part
+        else:
+            coords = plane_coordinates_dataset(
+                model,
+                d,
+                (slot,),
+                sets,
+                config.batch_size,
+                config.system_prompt,
+                progress,
+                attack_slot=slots[0],
+                hooks=coupling.hooks(model),
+            )
+            save_tensors(coords_path, coords)
+            write_json(work / "coordinates.json", key)
+        stages.append(_train_slot(coupling, k, d, coords, config, out_dir if n == 1 else work, progress))
+    coupling.meta |= {
+        "plane_separability": {"positions": stages[0]["separability"]["positions"]}
+        | {key: row for st in stages for key, row in st["separability"].items() if key != "positions"},
+        "mode": "subspace",
+        "config": asdict(config),
+        "directions_selected_layer": d.selected_layer,
+        "standardisation": {str(s): st["standardisation"] for s, st in zip(slots, stages, strict=True)},
+        "n_examples": stages[0]["n_examples"],
+        "final_losses": {
+            str(s): st["log"][-1] if st["log"] else None for s, st in zip(slots, stages, strict=True)
+        },
+        "objective": {str(s): st["objective"] for s, st in zip(slots, stages, strict=True)},
+        "trained": now(),
+    }
+    rows = [row | {"slot": s} for s, st in zip(slots, stages, strict=True) for row in st["log"]]
+    coupling.save(out_dir)
+    write_json(out_dir / "train_summary.json", {"log": rows, "meta": coupling.meta})
+    return coupling
+
+
+def _train_slot(
+    coupling: CouplingIntervention,
+    k: int,
+    d: Directions,
+    coords: dict[str, Tensor],
+    config: SubspaceConfig,
+    out_dir: Path,
+    progress: bool,
+) -> dict:
+    """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]."""
+    slot = coupling.slots[k]
+    plane_map = coupling.maps[k]
+    e, lo, hi = standardisation(d, (slot,), coords)
+    e, lo, hi = e[0], lo[0], hi[0]
+    flat = torch.cat([z.reshape(-1, 2) for z in coords.values()])  # every position, every prompt
+    with torch.no_grad():
+        plane_map.mu.copy_(flat.mean(0))
+        plane_map.sigma.copy_(flat.std(0).clamp_min(1e-6))
 
     def objective(batches: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         parts, total = {}, torch.zeros(())
-        for name, zb in batches.items():  # zb: [b, slot, pos, 2]
-            mapped = torch.stack([coupling.maps[i](zb[:, i]) for i in range(len(slots))], dim=1)
-            s_harm = (torch.einsum("nlk,lk->nl", mapped[:, :, 0], e[:, 0]) - lo[:, 0]) / (hi[:, 0] - lo[:, 0])
-            s_ref = (torch.einsum("nlk,lk->nl", mapped[:, :, -1], e[:, 1]) - lo[:, 1]) / (hi[:, 1] - lo[:, 1])
+        for name, zb in batches.items():
+            zb = zb[:, 0]  # [b, position, 2]
+            mapped = plane_map(zb)
+            s_harm = (mapped[:, 0] @ e[0] - lo[0]) / (hi[0] - lo[0])  # harmfulness read at t_inst
+            s_ref = (mapped[:, -1] @ e[1] - lo[1]) / (hi[1] - lo[1])  # refusal read at t_post
             if name in HARMFUL_LIKE:
                 loss = (torch.relu(config.margin - s_ref) + torch.relu(config.margin - s_harm)).mean()
             else:
-                sigma = torch.stack([m.sigma for m in coupling.maps])[None, :, None]
-                retention = ((mapped - zb) / sigma).pow(2).sum(-1).mean()
-                hinge = torch.relu(s_ref - config.safe_margin).mean()
-                loss = hinge + config.retention_weight * retention
+                retention = ((mapped - zb) / plane_map.sigma).pow(2).sum(-1).mean()
+                loss = torch.relu(s_ref - config.safe_margin).mean() + config.retention_weight * retention
             parts[name] = float(loss.detach())
             total = total + loss
         return total, parts
 
     def loss_fn(step: int, gen: torch.Generator):
+        size = lambda z: (min(config.batch_per_condition, z.shape[0]),)  # noqa: E731
         return objective(
-            {
-                name: z[
-                    torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
-                ]
-                for name, z in coords.items()
-            }
+            {name: z[torch.randint(z.shape[0], size(z), generator=gen)] for name, z in coords.items()}
         )
 
     def full_objective() -> dict[str, float]:  # every cached example: comparable before and after
@@ -218,19 +274,12 @@ def train_subspace(
         return parts | {"total": float(total)}
 
     at_init = full_objective()
-    separability = plane_separability(coords, tuple(slots), seed=config.train.seed)
-    rows = train_loop(coupling, loss_fn, config.train, out_dir, progress=progress)
-    coupling.meta |= {
-        "plane_separability": separability,
-        "mode": "subspace",
-        "config": asdict(config),
-        "directions_selected_layer": d.selected_layer,
+    separability = plane_separability(coords, (slot,), seed=config.train.seed)
+    log_rows = train_loop(plane_map, loss_fn, config.train, out_dir, progress=progress)
+    return {
+        "separability": separability,
         "standardisation": {"lo": lo.tolist(), "hi": hi.tolist()},
-        "n_examples": {k: int(v.shape[0]) for k, v in coords.items()},
-        "final_losses": rows[-1] if rows else None,
+        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()},
         "objective": {"at_init": at_init, "trained": full_objective()},
-        "trained": now(),
+        "log": log_rows,
     }
-    coupling.save(out_dir)
-    write_json(out_dir / "train_summary.json", {"log": rows, "meta": coupling.meta})
-    return coupling

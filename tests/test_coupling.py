@@ -127,7 +127,7 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     log = (tmp_path / "log.jsonl").read_text().splitlines()
     assert len(log) == 4
     loaded = CouplingIntervention.load(tmp_path)
-    objective = loaded.meta["objective"]
+    objective = loaded.meta["objective"]["2"]
     assert objective["trained"]["total"] < objective["at_init"]["total"]
     assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8
     sep = loaded.meta["plane_separability"]
@@ -156,3 +156,35 @@ def test_plane_separability_sees_shifted_and_identical_conditions():
     harmful, jailbreak = sep["slot 7"]["harmful"], sep["slot 7"]["jailbreak"]
     assert harmful[2] > 0.95 and max(harmful[:2]) < 0.75
     assert max(jailbreak) < 0.75  # drawn like the harmless prompts: nothing to couple on
+
+
+def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
+    tiny, tiny_directions, tmp_path, monkeypatch
+):
+    import harc_interp.subspace as subspace_mod
+
+    calls = []
+    real = subspace_mod.plane_coordinates_dataset
+
+    def recording(model, d, slots, *args, **kwargs):
+        coupling_hooks = kwargs["hooks"]
+        # The maps upstream of this slot are trained (non-identity) by the time its coordinates are cached.
+        h = torch.randn(1, 3, tiny.d_model, generator=torch.Generator().manual_seed(1))
+        moved = [name for name, fn in coupling_hooks if not torch.equal(fn(h, None), h)]
+        calls.append((slots, kwargs["attack_slot"], moved))
+        return real(model, d, slots, *args, **kwargs)
+
+    monkeypatch.setattr(subspace_mod, "plane_coordinates_dataset", recording)
+    monkeypatch.setattr(tiny, "span_weights", lambda resid: None)  # edit every position in this probe
+    sets = {
+        "harmful": starter_prompts("harmful").sample(6, seed=1),
+        "harmless": starter_prompts("harmless").sample(6, seed=1),
+    }
+    cfg = SubspaceConfig(
+        slots=(2, 1), train=TrainConfig(steps=30, lr=1e-2, log_every=10, checkpoint_every=30)
+    )
+    coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    assert coupling.slots == (1, 2)
+    assert calls == [((1,), 1, []), ((2,), 1, ["blocks.1.hook_resid_pre"])]
+    assert set(coupling.meta["objective"]) == {"1", "2"}
+    assert (tmp_path / "work" / "slot2" / "coordinates.safetensors").is_file()
