@@ -209,7 +209,7 @@ def train_subspace(
         stages.append(_train_slot(coupling, k, d, coords, config, out_dir if n == 1 else work, progress))
     coupling.meta |= {
         "plane_separability": {"positions": stages[0]["separability"]["positions"]}
-        | {key: row for st in stages for key, row in st["separability"].items() if key != "positions"},
+        | {name: row for st in stages for name, row in st["separability"].items() if name != "positions"},
         "mode": "subspace",
         "config": asdict(config),
         "directions_selected_layer": d.selected_layer,
