@@ -430,6 +430,14 @@ def cmd_train(args) -> dict:
     return {"out": str(out), "mode": args.mode, "train_sizes": {k: len(v) for k, v in train_sets.items()}}
 
 
+def _intervention_meta(path: str) -> dict:
+    """`coupling.json` of a `harc train` output; empty for a bare peft adapter folder."""
+    from .artifacts import read_json
+
+    meta_path = Path(path) / "coupling.json"
+    return read_json(meta_path) if meta_path.is_file() else {}
+
+
 def cmd_eval(args) -> dict:
     from .artifacts import write_json
     from .evaluate import evaluate_safety
@@ -449,13 +457,7 @@ def cmd_eval(args) -> dict:
         progress=not args.quiet,
     )
     if args.intervention:
-        from .artifacts import read_json
-
-        meta = (
-            read_json(Path(args.intervention) / "coupling.json")
-            if (Path(args.intervention) / "coupling.json").is_file()
-            else {}
-        )
+        meta = _intervention_meta(args.intervention)
         slot = meta.get("slots") or meta.get("final_slots") or [d.selected_layer]
         with load_intervention(model, args.intervention) as (tuned, base):
             attack_slot = args.attack_slot if args.attack_slot is not None else min(slot)
@@ -474,7 +476,7 @@ def cmd_eval(args) -> dict:
 
 
 def cmd_verify(args) -> dict:
-    from .artifacts import read_json, write_json
+    from .artifacts import write_json
     from .interventions import load_intervention
     from .verify import confinement_report
 
@@ -483,9 +485,9 @@ def cmd_verify(args) -> dict:
         "harmful": _load_prompt_files(args.harmful, "harmful", args.limit),
         "harmless": _load_prompt_files(args.harmless, "harmless", args.limit),
     }
-    meta_path = Path(args.intervention) / "coupling.json"
-    meta = read_json(meta_path) if meta_path.is_file() else {}
-    intervened = meta.get("slots") or []  # the LoRA mode touches every layer: no slot is "the" intervened one
+    intervened = (
+        _intervention_meta(args.intervention).get("slots") or []
+    )  # the LoRA mode touches every layer: no slot is "the" intervened one
     with load_intervention(model, args.intervention) as (tuned, base):
         report = confinement_report(
             model,

@@ -100,12 +100,18 @@ def test_directions_verb(tiny_dir, tmp_path, capsys, monkeypatch):
         "extract_directions",
         functools.partial(extract.extract_directions, judge=lambda response: len(response) % 2 == 0),
     )
+
+    def args(out, refusal_tokens):
+        return [
+            *("directions", "--model", str(tiny_dir), "--harmful", "starter:harmful"),
+            *("--harmless", "starter:harmless", "--out", str(out), "--n-train", "10", "--n-val", "4"),
+            *("--n-test", "6", "--max-new-tokens", "6", "--n-response", "4", "--n-bootstrap", "10"),
+            *("--eval-max-new-tokens", "4", "--selection-slots", "1,2", "--quiet"),
+            *("--refusal-tokens", refusal_tokens),
+        ]
+
     out = tmp_path / "dirs"
-    args = ["directions", "--model", str(tiny_dir), "--harmful", "starter:harmful"]
-    args += ["--harmless", "starter:harmless", "--out", str(out), "--n-train", "10", "--n-val", "4"]
-    args += ["--n-test", "6", "--max-new-tokens", "6", "--n-response", "4", "--n-bootstrap", "10"]
-    args += ["--eval-max-new-tokens", "4", "--selection-slots", "1,2", "--refusal-tokens", "I,S", "--quiet"]
-    assert main(args) == 0
+    assert main(args(out, "I,S")) == 0
     printed = json.loads(capsys.readouterr().out)
     d = Directions.load(out)
     assert printed["selected_layer"] == d.selected_layer
@@ -114,8 +120,5 @@ def test_directions_verb(tiny_dir, tmp_path, capsys, monkeypatch):
     assert [c["slot"] for c in d.meta["selection"]["arditi"]["candidates"]] == [1, 2]
     assert (out / "figures" / "auroc_by_layer.html").is_file()
 
-    bad = [a if a != "I,S" else "I,Sorry about" for a in args]
-    assert (
-        main([*bad[: bad.index("--out") + 1], str(tmp_path / "other"), *bad[bad.index("--out") + 2 :]]) == 2
-    )
+    assert main(args(tmp_path / "other", "I,Sorry about")) == 2
     assert "refusal token 'Sorry about'" in capsys.readouterr().err
