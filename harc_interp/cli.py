@@ -404,7 +404,11 @@ def cmd_train(args) -> dict:
                 slots=slots,
                 train=tc,
                 system_prompt=args.system_prompt,
-                **({} if args.retention_weight is None else {"retention_weight": args.retention_weight}),
+                **{
+                    k: v
+                    for k, v in (("retention_weight", args.retention_weight), ("margin", args.margin))
+                    if v is not None
+                },
             ),
             progress=not args.quiet,
         )
@@ -630,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="subspace mode: weight of keeping harmless and borderline plane coordinates unchanged",
+    )
+    tr.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="subspace mode: where harmful-like prompts must reach on each axis, as a multiple of the "
+        "harmful mean (harmless mean = 0; default 0.8; above 1 pushes past the average harmful prompt)",
     )
     tr.set_defaults(func=cmd_train)
 

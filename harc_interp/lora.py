@@ -260,7 +260,9 @@ def train_lora(
         return total, parts
 
     try:
-        rows = train_loop(peft_model, loss_fn, config.train, out_dir, progress=progress)
+        rows = train_loop(
+            peft_model, loss_fn, config.train, out_dir, progress=progress, settings=asdict(config)
+        )
         peft_model.save_pretrained(out_dir / "adapter")
     finally:
         peft_model.unload()  # back to the original modules: the base model is untouched

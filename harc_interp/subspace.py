@@ -4,7 +4,7 @@ At each coupling slot we cache the plane coordinates of every span position (t_i
 suffix) for plain harmful prompts, harmful prompts under white-box single-direction suppression
 (v_ref or v_harm ablated in every block upstream of the first coupling slot), jailbreak prompts, and
 harmless and borderline prompts. The objective, in standardised coordinates s (0 = harmless mean,
-1 = refused-harmful mean, per axis; harmfulness read at t_inst, refusal at t_post as in HARC):
+1 = plain-harmful mean, per axis (refused or not); harmfulness read at t_inst, refusal at t_post as in HARC):
 
     harmful-like:  relu(m − s_ref) + relu(m − s_harm)
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
@@ -49,7 +49,7 @@ HARMLESS_LIKE = ("harmless", "borderline")
 class SubspaceConfig:
     slots: tuple[int, ...] | None = None  # None: the directions' selected layer
     hidden: int = 32
-    margin: float = 0.8  # harmful-like prompts reach 80% of the way to the refused-harmful mean
+    margin: float = 0.8  # harmful-like prompts reach 80% of the way to the plain-harmful mean
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
     # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
     retention_weight: float = 1.0
@@ -106,7 +106,7 @@ def plane_coordinates_dataset(
 
 def standardisation(d: Directions, slots, coords: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """Per slot: oblique read-out vectors e [slot, 2 (harm, ref), 2] in the plane basis, and the harmless
-    (lo) and refused-harmful (hi) means of the oblique coordinates [slot, 2]."""
+    (lo) and plain-harmful (hi) means of the oblique coordinates [slot, 2]."""
     e = []
     for s in slots:
         pb = basis_from_directions(d, s)
@@ -137,7 +137,8 @@ def plane_separability(coords: dict[str, Tensor], slots: tuple[int, ...], seed: 
         return {}
     neg = torch.cat(negatives)
     n_pos = neg.shape[2]
-    out: dict = {"positions": ["t_inst", *(f"post_{i}" for i in range(1, n_pos - 1)), "t_post"]}
+    # Span = t_inst, then the template suffix post_0 … post_{k-1}, whose last token is t_post.
+    out: dict = {"positions": ["t_inst", *(f"post_{i}" for i in range(n_pos - 2)), "t_post"]}
     for i, slot in enumerate(slots):
         row = {}
         for name in HARMFUL_LIKE:
@@ -275,7 +276,9 @@ def _train_slot(
 
     at_init = full_objective()
     separability = plane_separability(coords, (slot,), seed=config.train.seed)
-    log_rows = train_loop(plane_map, loss_fn, config.train, out_dir, progress=progress)
+    log_rows = train_loop(
+        plane_map, loss_fn, config.train, out_dir, progress=progress, settings={"slot": slot, **asdict(config)}
+    )
     return {
         "separability": separability,
         "standardisation": {"lo": lo.tolist(), "hi": hi.tolist()},

@@ -55,9 +55,13 @@ def train_loop(
     out_dir: str | Path,
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
+    settings: dict | None = None,
 ) -> list[dict]:
     """Minimise `loss_fn` over `module`'s trainable parameters (AdamW, linear warm-up then constant).
-    Resumes from `out_dir/checkpoint.pt` when present. Returns the log rows."""
+    Resumes from `out_dir/checkpoint.pt` when present. `settings` (JSON-able: whatever shapes the loss,
+    e.g. the caller's objective config) is stored with the checkpoint, and a resume under other
+    settings is refused: otherwise a finished checkpoint would be returned under the new settings' name.
+    Returns the log rows."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = _trainable(module)
@@ -66,6 +70,7 @@ def train_loop(
     opt = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(config.warmup_steps, 1)))
     ckpt_path, log_path = out_dir / "checkpoint.pt", out_dir / "log.jsonl"
+    settings = json.loads(json.dumps(settings)) if settings is not None else None
     start = 0
     if ckpt_path.is_file():
         try:
@@ -74,7 +79,7 @@ def train_loop(
             raise HarcError(
                 f"{ckpt_path} is corrupt or truncated ({e}); delete it to restart training"
             ) from None
-        if ckpt.get("config") != asdict(config):
+        if ckpt.get("config") != asdict(config) or ckpt.get("settings") != settings:
             raise HarcError(f"{out_dir} holds a checkpoint of a run with other settings: use a new --out")
         missing = [n for n in params if n not in ckpt["params"]]
         if missing:
@@ -113,7 +118,7 @@ def train_loop(
                 _append_log(log_path, rows[-1])
             stop = any(cb(done, logs, module) for cb in callbacks)
             if done % config.checkpoint_every == 0 or done == config.steps or stop:
-                _save_checkpoint(ckpt_path, params, opt, sched, done, config)
+                _save_checkpoint(ckpt_path, params, opt, sched, done, config, settings)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if stop:
@@ -122,7 +127,7 @@ def train_loop(
     return rows
 
 
-def _save_checkpoint(path: Path, params, opt, sched, step: int, config: TrainConfig) -> None:
+def _save_checkpoint(path: Path, params, opt, sched, step: int, config: TrainConfig, settings) -> None:
     tmp = _tmp_beside(path)
     torch.save(
         {
@@ -131,6 +136,7 @@ def _save_checkpoint(path: Path, params, opt, sched, step: int, config: TrainCon
             "scheduler": sched.state_dict(),
             "step": step,
             "config": asdict(config),
+            "settings": settings,
         },
         tmp,
     )

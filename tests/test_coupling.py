@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -142,6 +144,10 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     h = torch.randn(2, 3, tiny.d_model)
     torch.testing.assert_close(again.edit(0, h), coupling.edit(0, h))
 
+    # The same folder with another objective must not hand back the finished map under the new settings.
+    with pytest.raises(HarcError, match="other settings"):
+        train_subspace(tiny, tiny_directions, sets, tmp_path, replace(cfg, margin=1.5), progress=False)
+
 
 def test_plane_separability_sees_shifted_and_identical_conditions():
     from harc_interp.subspace import plane_separability
@@ -152,7 +158,7 @@ def test_plane_separability_sees_shifted_and_identical_conditions():
     shifted[:, :, 2, 1] += 4.0  # separable at the last position only, on the refusal axis
     coords = {"harmful": shifted, "harmless": noise(30), "borderline": noise(10), "jailbreak": noise(40)}
     sep = plane_separability(coords, (7,))
-    assert sep["positions"] == ["t_inst", "post_1", "t_post"]
+    assert sep["positions"] == ["t_inst", "post_0", "t_post"]
     harmful, jailbreak = sep["slot 7"]["harmful"], sep["slot 7"]["jailbreak"]
     assert harmful[2] > 0.95 and max(harmful[:2]) < 0.75
     assert max(jailbreak) < 0.75  # drawn like the harmless prompts: nothing to couple on
