@@ -21,7 +21,7 @@ from .chat import formatter_for
 from .directions import Directions, add_response_directions, cosine_per_layer, directions_from_activations
 from .errors import HarcError
 from .evaluate import DEFAULT_JUDGE, Judge, find_refusal_tokens
-from .generate import generate
+from .generate import judged_generations
 from .model import HarcModel
 from .plots import cosine_figure, metric_curves_figure, selection_figure, write_figure
 from .probes import bootstrap_cosine, mean_cosine, probe_metrics, projection_metrics
@@ -100,31 +100,17 @@ def _generations(
     judge: Judge,
     prefill: str | None = None,
 ):
-    def compute():
-        gens = generate(
-            model,
-            ps,
-            max_new_tokens=cfg.max_new_tokens,
-            batch_size=cfg.batch_size,
-            system_prompt=cfg.system_prompt,
-            prefill=prefill,
-            progress=progress,
-        )
-        return [
-            {
-                "id": g.prompt_id,
-                "prompt": g.instruction,
-                "response_ids": list(g.response_ids),
-                "response": g.response,
-                "refusal": judge(g.response),
-            }
-            for g in gens
-        ]
-
-    rows = _cached(path, compute)
-    if [r["id"] for r in rows] != ps.ids:
-        raise HarcError(f"{path} belongs to other prompts; delete it or use a new --out")
-    return rows
+    return judged_generations(
+        model,
+        ps,
+        path,
+        judge,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        system_prompt=cfg.system_prompt,
+        prefill=prefill,
+        progress=progress,
+    )
 
 
 def _cache(

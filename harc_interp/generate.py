@@ -7,12 +7,14 @@ every decoding step. Greedy by default.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .artifacts import read_json, write_json
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .errors import HarcError
 from .model import HarcModel, HookFn
@@ -149,3 +151,47 @@ def generate(
         text = model.tokenizer.decode(full, skip_special_tokens=True)
         results.append(Generation(ids[i], texts[i], text, tuple(full), finished))
     return results
+
+
+def judged_generations(
+    model: HarcModel,
+    ps: PromptSet,
+    path: str | Path,
+    judge: Callable[[str], bool],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    prefill: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """The model's own responses to `ps`, judged, as rows {id, prompt, response_ids, response, refusal}
+    cached at `path` (a run folder: responses to harmful prompts never go to logs). A rerun reads the
+    file; one written for other prompts is refused rather than overwritten."""
+    path = Path(path)
+    if path.is_file():
+        rows = read_json(path)
+        if [r["id"] for r in rows] != ps.ids:
+            raise HarcError(f"{path} belongs to other prompts; delete it or use a new output folder")
+        return rows
+    gens = generate(
+        model,
+        ps,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        prefill=prefill,
+        progress=progress,
+    )
+    rows = [
+        {
+            "id": g.prompt_id,
+            "prompt": g.instruction,
+            "response_ids": list(g.response_ids),
+            "response": g.response,
+            "refusal": judge(g.response),
+        }
+        for g in gens
+    ]
+    write_json(path, rows)
+    return rows

@@ -25,12 +25,12 @@ import torch
 from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
-from .artifacts import now, read_json, write_json
+from .artifacts import now, write_json
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .directions import Directions, diff_in_means
 from .errors import HarcError
 from .evaluate import DEFAULT_JUDGE, Judge
-from .generate import generate
+from .generate import judged_generations
 from .model import HarcModel, resid_hook_name
 from .prompts import PromptSet
 from .selection import harc_layer_scores, top_layers
@@ -66,19 +66,6 @@ class LoraConfig:
     batch_size: int = 8  # generation batches when building the data
 
 
-def _responses(model, ps: PromptSet, path: Path, n: int, judge: Judge, batch_size: int) -> list[dict]:
-    if path.is_file():
-        rows = read_json(path)
-        if [r["id"] for r in rows] == ps.ids:
-            return rows
-    gens = generate(model, ps, max_new_tokens=n, batch_size=batch_size, progress=False)
-    rows = [
-        {"id": g.prompt_id, "response_ids": list(g.response_ids), "refusal": judge(g.response)} for g in gens
-    ]
-    write_json(path, rows)
-    return rows
-
-
 def build_examples(
     model: HarcModel, sets: dict[str, PromptSet], work: Path, config: LoraConfig, judge: Judge = DEFAULT_JUDGE
 ) -> dict[str, list[ChatPrompt]]:
@@ -90,8 +77,14 @@ def build_examples(
         ps = sets.get(name)
         if ps is None or not len(ps):
             continue
-        rows = _responses(
-            model, ps, work / f"responses_{name}.json", config.n_response, judge, config.batch_size
+        rows = judged_generations(
+            model,
+            ps,
+            work / f"responses_{name}.json",
+            judge,
+            max_new_tokens=config.n_response,
+            batch_size=config.batch_size,
+            progress=False,
         )
         if name == "harmful":
             refusals = [tuple(r["response_ids"]) for r in rows if r["refusal"] and r["response_ids"]]

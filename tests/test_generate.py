@@ -123,3 +123,27 @@ def test_sampling_is_reproducible_and_leaves_global_rng_alone(tiny):
     assert torch.equal(torch.get_rng_state(), state)
     b = generate(tiny, PROMPTS[:2], max_new_tokens=8, do_sample=True, seed=7, progress=False)
     assert [g.response_ids for g in a] == [g.response_ids for g in b]
+
+
+def test_judged_generations_are_cached_and_refused_for_other_prompts(tiny, tmp_path, monkeypatch):
+    import importlib
+
+    import pytest
+
+    from harc_interp import HarcError, Prompt, PromptSet
+
+    gen_mod = importlib.import_module("harc_interp.generate")  # the package's `generate` is the function
+
+    ps = PromptSet("p", tuple(Prompt(f"id{i}", t) for i, t in enumerate(PROMPTS)))
+    path = tmp_path / "gens.json"
+    rows = gen_mod.judged_generations(
+        tiny, ps, path, lambda text: "sea" in text, max_new_tokens=6, progress=False
+    )
+    assert [r["id"] for r in rows] == ps.ids
+    assert all(r["refusal"] == ("sea" in r["response"]) for r in rows)
+    monkeypatch.setattr(gen_mod, "generate", lambda *a, **k: pytest.fail("regenerated"))
+    again = gen_mod.judged_generations(tiny, ps, path, lambda text: True, max_new_tokens=6, progress=False)
+    assert again == rows  # read back from the run folder, not judged again
+    other = PromptSet("p", ps.prompts[:2])
+    with pytest.raises(HarcError, match="other prompts"):
+        gen_mod.judged_generations(tiny, other, path, lambda text: True, max_new_tokens=6, progress=False)
