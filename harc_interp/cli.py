@@ -552,7 +552,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-response", type=int, default=32, help="response tokens pooled by response directions"
     )
     dirs.add_argument("--selection", choices=["arditi", "harc"], default="arditi")
-    dirs.add_argument("--selection-positions", default="t_post", help="comma-separated grid positions")
+    dirs.add_argument(
+        "--selection-positions",
+        default="t_post",
+        help="comma-separated grid positions (t_post, post_0, post_1, ...; Arditi et al. search every "
+        "post-instruction token); the causal checks test the picked position's direction",
+    )
     dirs.add_argument("--selection-slots", default=None, help="comma-separated slots (default: all)")
     dirs.add_argument("--n-bootstrap", type=int, default=200)
     dirs.add_argument("--eval-max-new-tokens", type=int, default=24)

@@ -307,10 +307,15 @@ def extract_directions(
         log.warning("no refusal-direction candidate passed its filters; falling back to the HARC layer score")
         method = "harc"
     slot = chosen_slot(method, arditi["best"]["slot"] if arditi["best"] else None, harc_scores, layers)
+    # A refusal-direction selection over several positions may pick another post-instruction token:
+    # the causal checks then test that direction, the one the selection vouched for.
+    picked = arditi["best"]["position"] if method == "arditi" else "t_post"
+    refusal_position = None if picked in ("t_post", d.grid_positions[-1]) else picked
     selection = {
         "method": method,
         "requested_method": cfg.selection,
         "selected_layer": slot,
+        "refusal_position": refusal_position or "t_post",
         "arditi": arditi,
         "harc_scores": harc_scores,
         "harc_top_layers": top_layers(harc_scores, layers, 4),
@@ -329,6 +334,7 @@ def extract_directions(
             max_new_tokens=cfg.eval_max_new_tokens,
             batch_size=cfg.batch_size,
             responses_path=work / f"causal_slot{slot}_responses.json",
+            refusal_position=refusal_position,
             progress=progress,
         ),
     )

@@ -148,12 +148,15 @@ def causal_validation(
     max_new_tokens: int = 24,
     batch_size: int = 16,
     responses_path: str | Path | None = None,
+    refusal_position: str | None = None,
     progress: bool = True,
 ) -> dict:
     """Refusal rates on held-out prompts: harmful with and without ablating each direction everywhere,
     harmless with and without adding `c ·` the raw direction at `slot` for each coefficient c (the
     headline numbers are c = 1, as in Arditi et al.; the others give the dose response). Refusal-driving
-    directions move both. With `responses_path`, every judged response is written there (not logged)."""
+    directions move both. With `responses_path`, every judged response is written there (not logged).
+    `refusal_position` (a grid position) tests the refusal direction read there instead of v_ref at
+    t_post: the direction a refusal-direction selection picked at another post-instruction token."""
     if slot >= model.n_layers:
         raise HarcError(f"causal validation needs a block input slot < {model.n_layers}, got {slot}")
     if 1.0 not in coefficients:
@@ -179,13 +182,15 @@ def causal_validation(
         "harmful_refusal_rate": _rate(base_harmful),
         "harmless_refusal_rate": _rate(base_harmless),
     }
+    raw = {"v_ref": directions.raw("v_ref", slot), "v_harm": directions.raw("v_harm", slot)}
+    if refusal_position is not None:
+        raw["v_ref"] = directions.grid_raw(slot, refusal_position)
+        out["v_ref_position"] = refusal_position
     for name in ("v_ref", "v_harm"):
-        ablated = refusals(
-            f"harmful_{name}_ablated", harmful, ablation_hooks(model, directions.unit(name, slot))
-        )
+        ablated = refusals(f"harmful_{name}_ablated", harmful, ablation_hooks(model, raw[name]))
         doses = []
         for c in coefficients:
-            hooks = addition_hooks(model, c * directions.raw(name, slot), slot)
+            hooks = addition_hooks(model, c * raw[name], slot)
             added = refusals(f"harmless_{name}_added_x{c:g}", harmless, hooks)
             doses.append(
                 {

@@ -277,7 +277,12 @@ def _train_slot(
     at_init = full_objective()
     separability = plane_separability(coords, (slot,), seed=config.train.seed)
     log_rows = train_loop(
-        plane_map, loss_fn, config.train, out_dir, progress=progress, settings={"slot": slot, **asdict(config)}
+        plane_map,
+        loss_fn,
+        config.train,
+        out_dir,
+        progress=progress,
+        settings={"slot": slot, **asdict(config)},
     )
     return {
         "separability": separability,

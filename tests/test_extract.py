@@ -39,6 +39,10 @@ def test_extract_directions_on_tiny_model(tiny, tmp_path):
     assert meta["selected_layer"] == d.selected_layer
     assert len(meta["metrics"]["probes"]["t_inst"]["projection"]) == tiny.n_layers + 1
     assert [c["slot"] for c in meta["selection"]["arditi"]["candidates"]] == [1, 2]
+    assert (
+        meta["selection"]["refusal_position"] == "t_post"
+        and "v_ref_position" not in meta["causal_validation"]
+    )
     cv = meta["causal_validation"]
     assert set(cv) >= {"v_ref", "v_harm", "harmful_refusal_rate"}
     doses = cv["v_ref"]["addition_dose_response"]

@@ -117,3 +117,34 @@ def test_arditi_select_scores_only_eligible_depths(tiny, tiny_directions):
     eligible = [c for c in cands if c.eligible]
     assert best == (min(eligible, key=lambda c: c.bypass_score) if eligible else None)
     assert set(baseline) == {"harmful_refusal_score", "harmless_refusal_score"}
+
+
+def test_causal_validation_tests_the_direction_at_the_picked_position(tiny, tiny_directions, monkeypatch):
+    import harc_interp.selection as selection
+    from harc_interp import starter_prompts
+
+    fmt = formatter_for(tiny)
+    harmful = fmt.format_many(starter_prompts("harmful").sample(2, seed=1).texts)
+    harmless = fmt.format_many(starter_prompts("harmless").sample(2, seed=1).texts)
+    added = []
+    real_addition = selection.addition_hooks
+    monkeypatch.setattr(
+        selection, "addition_hooks", lambda m, v, slot: added.append(v.clone()) or real_addition(m, v, slot)
+    )
+    position = tiny_directions.grid_positions[1]  # post_0: not t_post
+    out = selection.causal_validation(
+        tiny,
+        tiny_directions,
+        2,
+        harmful,
+        harmless,
+        judge=lambda text: False,
+        coefficients=(1.0,),
+        max_new_tokens=2,
+        refusal_position=position,
+        progress=False,
+    )
+    assert out["v_ref_position"] == position
+    torch.testing.assert_close(added[0], tiny_directions.grid_raw(2, position))  # v_ref first, then v_harm
+    torch.testing.assert_close(added[1], tiny_directions.raw("v_harm", 2))
+    assert not torch.allclose(added[0], tiny_directions.raw("v_ref", 2))
