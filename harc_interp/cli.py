@@ -458,6 +458,7 @@ def cmd_eval(args) -> dict:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         system_prompt=args.system_prompt,
+        responses_path=Path(args.out) / "responses.json",
         progress=not args.quiet,
     )
     if args.intervention:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .artifacts import write_json
 from .chat import ChatPrompt, left_pad, pad_token_id
 from .errors import HarcError
 from .model import HarcModel, HookFn
@@ -132,10 +134,12 @@ def evaluate_safety(
     max_new_tokens: int = 24,
     batch_size: int = 16,
     system_prompt: str | None = None,
+    responses_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Robustness, usability and capability of the `tuned` variant of `model` (default: the plain
-    model), with KL measured against `base` (default: the plain model).
+    model), with KL measured against `base` (default: the plain model). With `responses_path`, every
+    judged response is written there (a run folder, never the logs) so the judge can be audited.
 
     - attack success rate (ASR: harmful goals not refused) per jailbreak attack class, and its mean;
     - white-box single-direction suppression: v_ref or v_harm ablated in every block upstream of
@@ -151,7 +155,9 @@ def evaluate_safety(
     tuned, base = tuned or Variant(), base or Variant()
     fmt = formatter_for(model, system_prompt)
 
-    def refusals(ps: PromptSet, extra=()) -> list[bool]:
+    responses: dict[str, list[dict]] = {}
+
+    def refusals(ps: PromptSet, extra=(), key: str = "") -> list[bool]:
         with tuned.context():
             outs = generate_chats(
                 model,
@@ -161,7 +167,13 @@ def evaluate_safety(
                 hooks=[*tuned.hooks, *extra],
                 progress=progress,
             )
-        return [judge(model.tokenizer.decode(ids, skip_special_tokens=True)) for ids, _ in outs]
+        texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
+        flags = [judge(t) for t in texts]
+        responses[key] = [
+            {"id": p.id, "response": t, "refusal": f}
+            for p, t, f in zip(ps.prompts, texts, flags, strict=True)
+        ]
+        return flags
 
     result: dict = {
         "n": {
@@ -172,7 +184,7 @@ def evaluate_safety(
         },
         "max_new_tokens": max_new_tokens,
     }
-    flags = refusals(jailbreaks)
+    flags = refusals(jailbreaks, key="jailbreaks")
     classes = sorted({p.attack_class or "unknown" for p in jailbreaks})
     asr = {}
     for c in classes:
@@ -180,26 +192,28 @@ def evaluate_safety(
         asr[c] = 1 - sum(f) / len(f)
     result["asr_by_class"] = asr
     result["mean_asr"] = sum(asr.values()) / len(asr)
-    result["plain_harmful_asr"] = 1 - sum(refusals(harmful)) / len(harmful)
+    result["plain_harmful_asr"] = 1 - sum(refusals(harmful, key="harmful")) / len(harmful)
     if directions is not None:
         slot = attack_slot if attack_slot is not None else directions.selected_layer
         attacks = {}
         for name in ("v_ref", "v_harm"):
             unit = directions.unit(name, slot)
-            attacks[f"{name}_ablated_upstream"] = 1 - _mean(
-                refusals(harmful, ablation_hooks(model, unit, range(slot)))
-            )
-            attacks[f"{name}_ablated_every_layer"] = 1 - _mean(
-                refusals(harmful, ablation_hooks(model, unit, residual=True))
-            )
+            for attack, hooks in (
+                ("ablated_upstream", ablation_hooks(model, unit, range(slot))),
+                ("ablated_every_layer", ablation_hooks(model, unit, residual=True)),
+            ):
+                key = f"{name}_{attack}"
+                attacks[key] = 1 - _mean(refusals(harmful, hooks, key=f"harmful_{key}"))
         result["white_box_asr"] = attacks | {"attack_slot": slot}
-    result["over_refusal"] = _mean(refusals(borderline))
+    result["over_refusal"] = _mean(refusals(borderline, key="borderline"))
     chats = fmt.format_many(harmless.texts)
     with base.context():
         lp_base = last_token_logprobs(model, chats, hooks=base.hooks, batch_size=batch_size)
     with tuned.context():
         lp_tuned = last_token_logprobs(model, chats, hooks=tuned.hooks, batch_size=batch_size)
     result["harmless_kl"] = float(kl_divergence(lp_base, lp_tuned).mean())
+    if responses_path is not None:
+        write_json(responses_path, responses)
     return result
 
 
