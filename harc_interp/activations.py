@@ -183,7 +183,7 @@ def residuals_for_batch(
         return fn
 
     captures = [(resid_hook_name(s, model.n_layers), capture(i, s)) for i, s in enumerate(slots)]
-    with torch.no_grad(), model.hooks([*hooks, *captures]), model.span(batch.from_inst.to(device)):
+    with torch.no_grad(), model.hooks([*hooks, *captures]), model.span(batch.span_role.to(device)):
         try:
             model.hf(
                 input_ids=batch.input_ids.to(device),

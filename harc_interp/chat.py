@@ -166,7 +166,9 @@ class Batch:
     input_ids: torch.Tensor  # [batch, pos]
     attention_mask: torch.Tensor  # [batch, pos]
     offset: torch.Tensor  # [batch]
-    from_inst: torch.Tensor  # [batch, pos] bool: t_inst and every later token (prompt suffix, response)
+    # [batch, pos] long: -1 before t_inst, then 0, 1, 2, ... for t_inst, the template suffix and the
+    # response: the positions an intervention may edit (>= 0), and which of them each one is.
+    span_role: torch.Tensor
 
 
 def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = True) -> Batch:
@@ -175,13 +177,14 @@ def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = T
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     offset = torch.empty(len(seqs), dtype=torch.long)
-    from_inst = torch.zeros((len(seqs), width), dtype=torch.bool)
+    span_role = torch.full((len(seqs), width), -1, dtype=torch.long)
     for b, s in enumerate(seqs):
         offset[b] = width - len(s)
         ids[b, width - len(s) :] = torch.tensor(s, dtype=torch.long)
         mask[b, width - len(s) :] = 1
-        from_inst[b, offset[b] + prompts[b].t_inst :] = True
-    return Batch(ids, mask, offset, from_inst)
+        start = int(offset[b]) + prompts[b].t_inst
+        span_role[b, start:] = torch.arange(width - start)
+    return Batch(ids, mask, offset, span_role)
 
 
 def pad_token_id(tokenizer) -> int:

@@ -406,7 +406,11 @@ def cmd_train(args) -> dict:
                 system_prompt=args.system_prompt,
                 **{
                     k: v
-                    for k, v in (("retention_weight", args.retention_weight), ("margin", args.margin))
+                    for k, v in (
+                        ("retention_weight", args.retention_weight),
+                        ("margin", args.margin),
+                        ("position_maps", args.position_maps or None),
+                    )
                     if v is not None
                 },
             ),
@@ -647,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="subspace mode: where harmful-like prompts must reach on each axis, as a multiple of the "
         "harmful mean (harmless mean = 0; default 0.8; above 1 pushes past the average harmful prompt)",
+    )
+    tr.add_argument(
+        "--position-maps",
+        action="store_true",
+        help="subspace mode: one plane map per span token (t_inst, each template token, t_post) "
+        "instead of one shared map",
     )
     tr.set_defaults(func=cmd_train)
 

@@ -35,23 +35,39 @@ def plane_basis_matrix(d: Directions, slot: int) -> Float[Tensor, "d_model 2"]:
 
 
 class PlaneMap(nn.Module):
-    """f(z) = z + σ ⊙ g((z − μ) / σ): a residual MLP in standardised plane coordinates.
+    """f(z) = z + σ ⊙ g((z − μ) / σ): a residual MLP in standardised plane coordinates, one per span
+    role when `n_roles` > 1 (role r = the r-th token from t_inst: t_inst, each template-suffix token;
+    later roles, i.e. response tokens, use the last one, t_post's). The template tokens are the same in
+    every prompt but sit in different parts of the plane, so a map of its own for each sees them apart.
 
-    The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen) put
-    the coordinates on a unit scale so one learning rate fits every layer."""
+    The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen, per
+    role) put the coordinates on a unit scale so one learning rate fits every layer."""
 
     def __init__(self, mu: Tensor, sigma: Tensor, hidden: int = 32):
         super().__init__()
-        self.register_buffer("mu", mu.float().clone())
-        self.register_buffer("sigma", sigma.float().clamp_min(1e-6).clone())
-        self.inp = nn.Linear(2, hidden)
-        self.out = nn.Linear(hidden, 2)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        mu, sigma = mu.float().reshape(-1, 2), sigma.float().reshape(-1, 2)
+        n_roles = mu.shape[0]
+        self.register_buffer("mu", mu.clone())
+        self.register_buffer("sigma", sigma.clamp_min(1e-6).clone())
+        self.w_in = nn.Parameter(torch.zeros(n_roles, 2, hidden))
+        self.b_in = nn.Parameter(torch.zeros(n_roles, hidden))
+        self.w_out = nn.Parameter(torch.zeros(n_roles, hidden, 2))
+        self.b_out = nn.Parameter(torch.zeros(n_roles, 2))
 
-    def forward(self, z: Float[Tensor, "*batch 2"]) -> Float[Tensor, "*batch 2"]:
-        u = (z - self.mu) / self.sigma
-        return z + self.sigma * self.out(torch.tanh(self.inp(u)))
+    @property
+    def n_roles(self) -> int:
+        return self.mu.shape[0]
+
+    def forward(self, z: Float[Tensor, "*batch 2"], roles: Tensor | None = None) -> Float[Tensor, "*batch 2"]:
+        """`roles` [*batch] (long) picks each point's map; None: the last role (decoding steps)."""
+        last = self.n_roles - 1
+        if roles is None:
+            roles = torch.full(z.shape[:-1], last, dtype=torch.long, device=z.device)
+        r = roles.clamp(0, last)
+        mu, sigma = self.mu[r], self.sigma[r]
+        u = (z - mu) / sigma
+        hid = torch.tanh(torch.einsum("...k,...kh->...h", u, self.w_in[r]) + self.b_in[r])
+        return z + sigma * (torch.einsum("...h,...hk->...k", hid, self.w_out[r]) + self.b_out[r])
 
 
 class CouplingIntervention(nn.Module):
@@ -93,18 +109,25 @@ class CouplingIntervention(nn.Module):
         )
         with torch.no_grad():
             for m in module.maps:
-                m.inp.weight.copy_(torch.randn(m.inp.weight.shape, generator=gen) / 2**0.5)
-                m.inp.bias.copy_(torch.randn(m.inp.bias.shape, generator=gen) * 0.5)
+                m.w_in.copy_(torch.randn(m.w_in.shape, generator=gen) / 2**0.5)
+                m.b_in.copy_(torch.randn(m.b_in.shape, generator=gen) * 0.5)
         return module
 
     def coordinates(self, i: int, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch 2"]:
         return resid.float() @ self.bases[i].to(resid.device)
 
-    def edit(self, i: int, resid: Float[Tensor, "*batch d_model"], weights: Tensor | None = None) -> Tensor:
-        """h + U (f(Uᵀh) − Uᵀh), only where `weights` is 1 (all positions when None)."""
+    def edit(
+        self,
+        i: int,
+        resid: Float[Tensor, "batch pos d_model"],
+        weights: Tensor | None = None,
+        roles: Tensor | None = None,
+    ) -> Tensor:
+        """h + U (f(Uᵀh) − Uᵀh), only where `weights` is 1 (all positions when None); `roles` [batch, pos]
+        are the span roles (None: every position is a response token)."""
         basis = self.bases[i].to(resid.device)
         z = resid.float() @ basis
-        delta = (self.maps[i](z) - z) @ basis.T
+        delta = (self.maps[i](z, roles) - z) @ basis.T
         if weights is not None:
             delta = delta * weights.float()
         return (resid.float() + delta).to(resid.dtype)
@@ -120,7 +143,7 @@ class CouplingIntervention(nn.Module):
             )
 
         def hook_for(i: int) -> HookFn:
-            return lambda resid, site: self.edit(i, resid, model.span_weights(resid))
+            return lambda resid, site: self.edit(i, resid, model.span_weights(resid), model.span_roles(resid))
 
         return [(f"blocks.{s}.hook_resid_pre", hook_for(i)) for i, s in enumerate(self.slots)]
 
@@ -149,7 +172,16 @@ class CouplingIntervention(nn.Module):
         state = load_tensors(out_dir / "coupling.safetensors")
         if "bases" not in state:
             raise HarcError(f"{out_dir}/coupling.safetensors has no 'bases': not a coupling artifact")
-        n = len(meta["slots"])
-        module = cls(meta["slots"], state["bases"], torch.zeros(n, 2), torch.ones(n, 2), meta["hidden"], meta)
+        if "maps.0.w_in" not in state:
+            raise HarcError(f"{out_dir}/coupling.safetensors was saved by an older harc_interp: retrain it")
+        n, n_roles = len(meta["slots"]), state["maps.0.mu"].shape[0]
+        module = cls(
+            meta["slots"],
+            state["bases"],
+            torch.zeros(n, n_roles, 2),
+            torch.ones(n, n_roles, 2),
+            meta["hidden"],
+            meta,
+        )
         module.load_state_dict(state)
         return module

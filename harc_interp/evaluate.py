@@ -89,7 +89,7 @@ def last_token_logprobs(
         for start in range(0, len(order), batch_size):
             chunk = [chats[i] for i in order[start : start + batch_size]]
             batch = left_pad(chunk, pad, with_response=False)
-            with model.span(batch.from_inst.to(model.device)):
+            with model.span(batch.span_role.to(model.device)):
                 logits = model.hf(
                     input_ids=batch.input_ids.to(model.device),
                     attention_mask=batch.attention_mask.to(model.device),

@@ -64,7 +64,7 @@ def generate_ids(
         kwargs |= dict(temperature=None, top_p=None, top_k=None)
     # HF samples from the global RNG: seed a forked copy so the caller's RNG state is untouched.
     devices = [model.device] if model.device.type == "cuda" else []
-    span = model.span(batch.from_inst.to(model.device))
+    span = model.span(batch.span_role.to(model.device))
     with torch.no_grad(), model.hooks(hooks), span, torch.random.fork_rng(devices=devices):
         torch.manual_seed(0 if seed is None else seed)
         out = model.hf.generate(

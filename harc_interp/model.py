@@ -293,7 +293,7 @@ class HarcModel:
         self.d_model: int = cfg.hidden_size
         self.context_length: int | None = getattr(cfg, "max_position_embeddings", None)
         self.blocks = _find_decoder_layers(hf, self.n_layers)
-        self.span_mask: torch.Tensor | None = None  # [batch, pos] of the running batch, see `span`
+        self.span_role: torch.Tensor | None = None  # [batch, pos] of the running batch, see `span`
 
     @property
     def device(self) -> torch.device:
@@ -351,22 +351,28 @@ class HarcModel:
         return sub, "post", layer
 
     @contextlib.contextmanager
-    def span(self, mask: torch.Tensor | None) -> Iterator[HarcModel]:
-        """Declare which positions of the running batch an intervention may edit ([batch, pos] bool;
-        the package's forward and generate helpers pass `Batch.from_inst`: t_inst onwards). Hooks read
-        it through `span_weights`; decoding steps (fewer positions than the mask) are all in the span."""
-        previous, self.span_mask = self.span_mask, mask
+    def span(self, roles: torch.Tensor | None) -> Iterator[HarcModel]:
+        """Declare which positions of the running batch an intervention may edit, and what they are
+        (`Batch.span_role` [batch, pos]: -1 outside, 0 = t_inst, 1, 2, ... after it; the package's forward
+        and generate helpers pass it). Hooks read it through `span_weights` and `span_roles`; decoding
+        steps (fewer positions than the prompt) are all in the span, after the prompt."""
+        previous, self.span_role = self.span_role, roles
         try:
             yield self
         finally:
-            self.span_mask = previous
+            self.span_role = previous
+
+    def span_roles(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos] span roles for a residual, or None where unknown (a decoding step, no span)."""
+        roles = self.span_role
+        if roles is None or resid.shape[1] != roles.shape[1]:
+            return None
+        return roles.to(resid.device)
 
     def span_weights(self, resid: torch.Tensor) -> torch.Tensor | None:
         """[batch, pos, 1] weights (1 inside the span) for a residual, or None to edit every position."""
-        mask = self.span_mask
-        if mask is None or resid.shape[1] != mask.shape[1]:
-            return None
-        return mask.to(device=resid.device, dtype=resid.dtype)[..., None]
+        roles = self.span_roles(resid)
+        return None if roles is None else (roles >= 0).to(resid.dtype)[..., None]
 
     @contextlib.contextmanager
     def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> Iterator[HarcModel]:

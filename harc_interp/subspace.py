@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
 from .artifacts import load_tensors, now, read_json, save_tensors, write_json
+from .chat import formatter_for
 from .coupling import CouplingIntervention, plane_basis_matrix
 from .directions import Directions
 from .errors import HarcError
@@ -53,6 +54,11 @@ class SubspaceConfig:
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
     # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
     retention_weight: float = 1.0
+    # One map per span position (t_inst, each template-suffix token; responses use t_post's) instead of
+    # one shared map; each position's coordinates are then also constrained where harmful and harmless
+    # prompts differ there by at least `min_separation` standard deviations (besides HARC's two reads).
+    position_maps: bool = False
+    min_separation: float = 0.5
     batch_per_condition: int = 64
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates
@@ -104,24 +110,27 @@ def plane_coordinates_dataset(
     return out
 
 
-def standardisation(d: Directions, slots, coords: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """Per slot: oblique read-out vectors e [slot, 2 (harm, ref), 2] in the plane basis, and the harmless
-    (lo) and plain-harmful (hi) means of the oblique coordinates [slot, 2]."""
-    e = []
-    for s in slots:
-        pb = basis_from_directions(d, s)
-        e.append((pb.units @ pb.basis.T).float())  # rows: v̂_harm, v̂_ref in the orthonormal basis
-    e = torch.stack(e)
+def oblique_coordinates(e: Tensor, z: Tensor) -> Tensor:
+    """Plane coordinates [..., 2] (orthonormal basis) → oblique read-outs [..., 2]: (z·v̂_harm, z·v̂_ref),
+    with e [2 (harm, ref), 2] the unit directions in that basis."""
+    return z @ e.T
 
-    def oblique(z):  # [n, slot, pos, 2] -> [n, slot, 2]: harm at t_inst, ref at t_post
-        harm = torch.einsum("nlk,lk->nl", z[:, :, 0], e[:, 0])
-        ref = torch.einsum("nlk,lk->nl", z[:, :, -1], e[:, 1])
-        return torch.stack([harm, ref], dim=-1)
 
-    lo, hi = oblique(coords["harmless"]).mean(0), oblique(coords["harmful"]).mean(0)
-    if ((hi - lo).abs() < 1e-6).any():
+def standardisation(
+    d: Directions, slot: int, coords: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """At `slot`: oblique read-out vectors e [2 (harm, ref), 2] in the plane basis; per span position the
+    harmless (lo) and plain-harmful (hi) means of the oblique read-outs [position, 2], and their
+    separation (hi − lo) / pooled std [position, 2]."""
+    pb = basis_from_directions(d, slot)
+    e = (pb.units @ pb.basis.T).float()  # rows: v̂_harm, v̂_ref in the orthonormal basis
+    harmless = oblique_coordinates(e, coords["harmless"][:, 0])  # [n, position, 2]
+    harmful = oblique_coordinates(e, coords["harmful"][:, 0])
+    lo, hi = harmless.mean(0), harmful.mean(0)
+    spread = torch.cat([harmless - lo, harmful - hi]).std(0).clamp_min(1e-12)
+    if (hi[0, 0] - lo[0, 0]).abs() < 1e-6 or (hi[-1, 1] - lo[-1, 1]).abs() < 1e-6:
         raise HarcError("harmful and harmless prompts have the same plane coordinates at a coupling slot")
-    return e, lo, hi
+    return e, lo, hi, (hi - lo) / spread
 
 
 def plane_separability(coords: dict[str, Tensor], slots: tuple[int, ...], seed: int = 0) -> dict:
@@ -178,8 +187,15 @@ def train_subspace(
     slots = tuple(sorted(slots))
     # Every map starts as the exact identity, so the coupling's hooks only act at slots trained so far.
     n = len(slots)
+    probe = formatter_for(model, config.system_prompt).format("x")
+    n_roles = probe.n_prompt - probe.t_inst if config.position_maps else 1  # t_inst … t_post
     coupling = CouplingIntervention.from_directions(
-        d, slots, torch.zeros(n, 2), torch.ones(n, 2), config.hidden, seed=config.train.seed
+        d,
+        slots,
+        torch.zeros(n, n_roles, 2),
+        torch.ones(n, n_roles, 2),
+        config.hidden,
+        seed=config.train.seed,
     )
     stages = []
     for k, slot in enumerate(slots):
@@ -240,25 +256,37 @@ def _train_slot(
     """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]."""
     slot = coupling.slots[k]
     plane_map = coupling.maps[k]
-    e, lo, hi = standardisation(d, (slot,), coords)
-    e, lo, hi = e[0], lo[0], hi[0]
-    flat = torch.cat([z.reshape(-1, 2) for z in coords.values()])  # every position, every prompt
+    e, lo, hi, separation = standardisation(d, slot, coords)
+    n_pos = lo.shape[0]
+    # HARC's reads: harmfulness at t_inst, refusal at t_post; per-position maps also get every position
+    # and axis where harmful and harmless prompts differ (elsewhere a target would be noise).
+    reads = torch.zeros(n_pos, 2, dtype=torch.bool)
+    reads[0, 0] = reads[-1, 1] = True
+    if plane_map.n_roles > 1:
+        reads |= separation >= config.min_separation
+    roles = torch.arange(n_pos)
+    every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
     with torch.no_grad():
-        plane_map.mu.copy_(flat.mean(0))
-        plane_map.sigma.copy_(flat.std(0).clamp_min(1e-6))
+        if plane_map.n_roles == 1:
+            plane_map.mu.copy_(every.reshape(-1, 2).mean(0, keepdim=True))
+            plane_map.sigma.copy_(every.reshape(-1, 2).std(0, keepdim=True).clamp_min(1e-6))
+        else:
+            plane_map.mu.copy_(every.mean(0))
+            plane_map.sigma.copy_(every.std(0).clamp_min(1e-6))
 
     def objective(batches: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         parts, total = {}, torch.zeros(())
         for name, zb in batches.items():
             zb = zb[:, 0]  # [b, position, 2]
-            mapped = plane_map(zb)
-            s_harm = (mapped[:, 0] @ e[0] - lo[0]) / (hi[0] - lo[0])  # harmfulness read at t_inst
-            s_ref = (mapped[:, -1] @ e[1] - lo[1]) / (hi[1] - lo[1])  # refusal read at t_post
-            if name in HARMFUL_LIKE:
-                loss = (torch.relu(config.margin - s_ref) + torch.relu(config.margin - s_harm)).mean()
+            mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
+            s = (oblique_coordinates(e, mapped) - lo) / (hi - lo)  # 0 = harmless mean, 1 = harmful mean
+            if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges
+                loss = 2 * torch.relu(config.margin - s[:, reads]).mean()
             else:
-                retention = ((mapped - zb) / plane_map.sigma).pow(2).sum(-1).mean()
-                loss = torch.relu(s_ref - config.safe_margin).mean() + config.retention_weight * retention
+                sigma = plane_map.sigma[roles.clamp(max=plane_map.n_roles - 1)]
+                retention = ((mapped - zb) / sigma).pow(2).sum(-1).mean()
+                refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
+                loss = refusal + config.retention_weight * retention
             parts[name] = float(loss.detach())
             total = total + loss
         return total, parts
@@ -286,7 +314,12 @@ def _train_slot(
     )
     return {
         "separability": separability,
-        "standardisation": {"lo": lo.tolist(), "hi": hi.tolist()},
+        "standardisation": {
+            "lo": lo.tolist(),
+            "hi": hi.tolist(),
+            "separation": separation.tolist(),
+            "constrained": reads.tolist(),
+        },
         "n_examples": {name: int(z.shape[0]) for name, z in coords.items()},
         "objective": {"at_init": at_init, "trained": full_objective()},
         "log": log_rows,

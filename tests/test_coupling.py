@@ -39,8 +39,8 @@ def test_identity_at_init_and_model_restored(tiny, tiny_directions):
         during = logits(tiny)
     torch.testing.assert_close(during, before, atol=1e-6, rtol=0)
     with torch.no_grad():  # a non-trivial map changes the output; exiting restores the model exactly
-        coupling.maps[0].out.weight.normal_()
-        coupling.maps[0].out.bias.fill_(5.0)
+        coupling.maps[0].w_out.normal_()
+        coupling.maps[0].b_out.fill_(5.0)
     with coupling.apply(tiny):
         changed = logits(tiny)
     assert (changed - before).abs().max() > 1e-3
@@ -50,8 +50,8 @@ def test_identity_at_init_and_model_restored(tiny, tiny_directions):
 def test_edit_is_confined_to_the_plane(tiny_directions):
     coupling = make(tiny_directions)
     with torch.no_grad():
-        coupling.maps[0].out.weight.normal_()
-        coupling.maps[0].out.bias.normal_()
+        coupling.maps[0].w_out.normal_()
+        coupling.maps[0].b_out.normal_()
     h = torch.randn(3, 7, tiny_directions.vectors["v_harm"].shape[1]) * 4
     edited = coupling.edit(0, h)
     u = coupling.bases[0]
@@ -64,10 +64,54 @@ def test_edit_is_confined_to_the_plane(tiny_directions):
     torch.testing.assert_close(partial[:, :4], h[:, :4])  # outside the span: untouched
 
 
+def test_position_maps_edit_each_span_token_with_its_own_map(tiny, tiny_directions, tmp_path):
+    from harc_interp.chat import left_pad
+
+    n_roles = 3
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions, (2,), torch.zeros(1, n_roles, 2), torch.ones(1, n_roles, 2) * 3
+    )
+    h = torch.randn(2, 6, tiny.d_model) * 4
+    torch.testing.assert_close(coupling.edit(0, h, roles=torch.arange(6).expand(2, -1)), h)  # identity
+    with torch.no_grad():
+        coupling.maps[0].b_out.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]))
+    u = coupling.bases[0]
+    roles = torch.tensor([[-1, 0, 1, 2, 3, 4]] * 2)  # before the span, t_inst, suffix, t_post, responses
+    moved = (coupling.edit(0, h, (roles >= 0).float()[..., None], roles) - h) @ u / 3  # σ = 3
+    torch.testing.assert_close(moved[0, 0], torch.zeros(2))  # outside the span: untouched
+    for pos, role in ((1, 0), (2, 1), (3, 2), (4, 2), (5, 2)):  # response tokens use t_post's map
+        torch.testing.assert_close(moved[0, pos], coupling.maps[0].b_out[role], atol=1e-5, rtol=0)
+    decoding = (coupling.edit(0, h[:, :1]) - h[:, :1]) @ u / 3  # no roles: a decoding step
+    torch.testing.assert_close(decoding[0, 0], coupling.maps[0].b_out[2], atol=1e-5, rtol=0)
+
+    # In the model, the forward helpers declare the roles: a chat's t_inst gets map 0.
+    chat = formatter_for(tiny).format("How do I bake bread?")
+    batch = left_pad([chat], tiny.tokenizer.eos_token_id, with_response=False)
+    assert (
+        batch.span_role[0, chat.t_inst].item() == 0
+        and batch.span_role[0, -1].item() == chat.t_post - chat.t_inst
+    )
+    seen = {}
+    with coupling.apply(tiny), tiny.span(batch.span_role):
+        hooks = coupling.hooks(tiny)
+        resid = torch.randn(1, batch.input_ids.shape[1], tiny.d_model)
+        seen["roles"] = tiny.span_roles(resid)
+        out = hooks[0][1](resid, None)
+    assert torch.equal(seen["roles"], batch.span_role)
+    step = ((out - resid) @ u / 3)[0]
+    torch.testing.assert_close(step[chat.t_inst], coupling.maps[0].b_out[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(step[: chat.t_inst], torch.zeros(chat.t_inst, 2), atol=1e-6, rtol=0)
+
+    coupling.save(tmp_path)
+    loaded = CouplingIntervention.load(tmp_path)
+    assert loaded.maps[0].n_roles == n_roles
+    torch.testing.assert_close(loaded.edit(0, h, roles=roles), coupling.edit(0, h, roles=roles))
+
+
 def test_coupling_artifact_round_trip_and_model_check(tiny, tiny_directions, tmp_path):
     coupling = make(tiny_directions)
     with torch.no_grad():
-        coupling.maps[0].out.bias.fill_(1.0)
+        coupling.maps[0].b_out.fill_(1.0)
     coupling.save(tmp_path)
     loaded = CouplingIntervention.load(tmp_path)
     h = torch.randn(2, 5, tiny.d_model)
@@ -147,6 +191,18 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     # The same folder with another objective must not hand back the finished map under the new settings.
     with pytest.raises(HarcError, match="other settings"):
         train_subspace(tiny, tiny_directions, sets, tmp_path, replace(cfg, margin=1.5), progress=False)
+
+    monkeypatch.undo()
+    # Per-position maps: one map per span token, trained and saved; HARC's two reads are always kept.
+    per_position = train_subspace(
+        tiny, tiny_directions, sets, tmp_path / "positions", replace(cfg, position_maps=True), progress=False
+    )
+    chat = formatter_for(tiny).format("Hi there")
+    assert per_position.maps[0].n_roles == chat.n_prompt - chat.t_inst
+    meta = CouplingIntervention.load(tmp_path / "positions").meta
+    constrained = meta["standardisation"]["2"]["constrained"]
+    assert constrained[0][0] and constrained[-1][1]
+    assert meta["objective"]["2"]["trained"]["total"] < meta["objective"]["2"]["at_init"]["total"]
 
 
 def test_plane_separability_sees_shifted_and_identical_conditions():

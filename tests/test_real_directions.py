@@ -63,7 +63,7 @@ def test_confined_coupling_on_the_real_model(real, real_directions):
     slot = d.selected_layer
     coupling = CouplingIntervention.from_directions(d, (slot,), torch.zeros(1, 2), torch.ones(1, 2) * 10)
     with torch.no_grad():
-        coupling.maps[0].out.bias.fill_(1.0)  # a non-trivial map
+        coupling.maps[0].b_out.fill_(1.0)  # a non-trivial map
     prompts = {
         "harmful": starter_prompts("harmful").sample(3, seed=0),
         "harmless": starter_prompts("harmless").sample(3, seed=0),

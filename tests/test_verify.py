@@ -13,8 +13,8 @@ from harc_interp.verify import confinement_report, random_plane_fractions
 def trained_like(tiny_directions):
     c = CouplingIntervention.from_directions(tiny_directions, (2,), torch.zeros(1, 2), torch.ones(1, 2) * 3)
     with torch.no_grad():
-        c.maps[0].out.weight.normal_(generator=torch.Generator().manual_seed(0))
-        c.maps[0].out.bias.fill_(2.0)
+        c.maps[0].w_out.normal_(generator=torch.Generator().manual_seed(0))
+        c.maps[0].b_out.fill_(2.0)
     return c
 
 
