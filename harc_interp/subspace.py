@@ -10,6 +10,8 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
+With `position_maps`, each span token gets a map of its own and is standardised on its own; the same
+hinges then also apply at every token and axis where plain harmful and harmless prompts differ.
 
 Because f only sees the plane, training needs no backward pass through the model: seconds on a CPU.
 With several slots the maps train in order, shallowest first: a slot's coordinates are cached with the
@@ -264,6 +266,7 @@ def _train_slot(
     reads[0, 0] = reads[-1, 1] = True
     if plane_map.n_roles > 1:
         reads |= separation >= config.min_separation
+    gap = torch.where(reads, hi - lo, torch.ones_like(lo))  # unread entries may have no gap at all
     roles = torch.arange(n_pos)
     every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
     with torch.no_grad():
@@ -279,7 +282,7 @@ def _train_slot(
         for name, zb in batches.items():
             zb = zb[:, 0]  # [b, position, 2]
             mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
-            s = (oblique_coordinates(e, mapped) - lo) / (hi - lo)  # 0 = harmless mean, 1 = harmful mean
+            s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
             if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges
                 loss = 2 * torch.relu(config.margin - s[:, reads]).mean()
             else:
