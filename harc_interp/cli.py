@@ -481,6 +481,7 @@ def cmd_eval(args) -> dict:
         "white_box_asr": result.get("white_box_asr"),
         "over_refusal": result["over_refusal"],
         "harmless_kl": result["harmless_kl"],
+        "harmless_response_kl": result["harmless_response_kl"],
     }
 
 

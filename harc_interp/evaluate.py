@@ -119,6 +119,48 @@ def kl_divergence(
     return (base.exp() * (base - other)).sum(-1)
 
 
+def response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch) -> list[Tensor]:
+    """Per chat, log-probabilities [response token, vocab] of the next token at each position that
+    predicts one of its response tokens (teacher forcing on `chat.response_ids`)."""
+    out = []
+    for b, c in enumerate(chats):
+        start = int(batch.offset[b]) + c.n_prompt - 1
+        out.append(torch.log_softmax(logits[b, start : start + len(c.response_ids)].float(), dim=-1))
+    return out
+
+
+def response_kl(
+    model: HarcModel, chats: Sequence[ChatPrompt], base: Variant, tuned: Variant, batch_size: int = 16
+) -> float:
+    """KL(base ‖ tuned) of next-token distributions over each chat's response tokens (teacher-forced),
+    averaged per chat and then over chats; chats with an empty response are skipped (nan if all are).
+    Interventions that also act while the model writes its answer show up here, not at t_post alone."""
+    chats = [c for c in chats if c.response_ids]
+    if not chats:
+        return float("nan")
+    pad = pad_token_id(model.tokenizer)
+    per_chat: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(chats), batch_size):
+            chunk = chats[start : start + batch_size]
+            batch = left_pad(chunk, pad)
+            sides = []
+            for variant in (base, tuned):
+                with (
+                    variant.context(),
+                    model.hooks(variant.hooks),
+                    model.span(batch.span_role.to(model.device)),
+                ):
+                    logits = model.hf(
+                        input_ids=batch.input_ids.to(model.device),
+                        attention_mask=batch.attention_mask.to(model.device),
+                        use_cache=False,
+                    ).logits
+                sides.append(response_logprobs(logits, chunk, batch))
+            per_chat += [float(kl_divergence(b, t).mean()) for b, t in zip(*sides, strict=True)]
+    return sum(per_chat) / len(per_chat)
+
+
 def evaluate_safety(
     model: HarcModel,
     *,
@@ -146,7 +188,8 @@ def evaluate_safety(
       `attack_slot` (what a jailbreak that suppresses one direction does), and at every layer including
       the residual stream (which no in-plane defence can undo: the limit);
     - over-refusal: refusal rate on borderline (safe) prompts;
-    - capability: KL(base ‖ intervened) of next-token distributions at t_post on harmless prompts.
+    - capability: KL(base ‖ intervened) of next-token distributions on harmless prompts, at t_post
+      (`harmless_kl`) and over the base model's own responses, teacher-forced (`harmless_response_kl`).
     """
     from .chat import formatter_for
     from .generate import generate_chats
@@ -212,6 +255,17 @@ def evaluate_safety(
     with tuned.context():
         lp_tuned = last_token_logprobs(model, chats, hooks=tuned.hooks, batch_size=batch_size)
     result["harmless_kl"] = float(kl_divergence(lp_base, lp_tuned).mean())
+    with base.context():
+        own = generate_chats(
+            model,
+            chats,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            hooks=base.hooks,
+            progress=False,
+        )
+    answered = fmt.format_many(harmless.texts, [ids for ids, _ in own])
+    result["harmless_response_kl"] = response_kl(model, answered, base, tuned, batch_size)
     if responses_path is not None:
         write_json(responses_path, responses)
     return result

@@ -29,7 +29,7 @@ from .artifacts import now, write_json
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .directions import Directions, diff_in_means
 from .errors import HarcError
-from .evaluate import DEFAULT_JUDGE, Judge
+from .evaluate import DEFAULT_JUDGE, Judge, response_logprobs
 from .generate import judged_generations
 from .model import HarcModel, resid_hook_name
 from .prompts import PromptSet
@@ -123,15 +123,6 @@ def _forward(model: HarcModel, chats: Sequence[ChatPrompt], slots: Sequence[int]
         for s, h in seen.items()
     }
     return logits, feats, batch
-
-
-def _response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch) -> list[Tensor]:
-    """Log-probabilities of the next token at each position that predicts a response token."""
-    out = []
-    for b, c in enumerate(chats):
-        start = int(batch.offset[b]) + c.n_prompt - 1
-        out.append(torch.log_softmax(logits[b, start : start + len(c.response_ids)].float(), dim=-1))
-    return out
 
 
 def train_lora(
@@ -228,7 +219,7 @@ def train_lora(
                     hinge = hinge + sum(torch.relu(x).mean() for x in c)
             parts[f"hinge_{name}"] = float(hinge.detach())
             total = total + hinge
-            tuned_lp = _response_logprobs(logits, chats, batch)
+            tuned_lp = response_logprobs(logits, chats, batch)
             if name == "harmful":
                 ce = torch.stack(
                     [
@@ -244,7 +235,7 @@ def train_lora(
                         input_ids=batch.input_ids.to(model.device),
                         attention_mask=batch.attention_mask.to(model.device),
                     ).logits
-                base_lp = _response_logprobs(base_logits, chats, batch)
+                base_lp = response_logprobs(base_logits, chats, batch)
                 kl = torch.stack(
                     [(b.exp() * (b - t)).sum(-1).mean() for b, t in zip(base_lp, tuned_lp, strict=True)]
                 ).mean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -106,6 +107,21 @@ def test_position_maps_edit_each_span_token_with_its_own_map(tiny, tiny_directio
     loaded = CouplingIntervention.load(tmp_path)
     assert loaded.maps[0].n_roles == n_roles
     torch.testing.assert_close(loaded.edit(0, h, roles=roles), coupling.edit(0, h, roles=roles))
+
+
+def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
+    from harc_interp.evaluate import response_kl
+    from harc_interp.interventions import Variant
+
+    fmt = formatter_for(tiny)
+    chats = fmt.format_many(["How do I bake bread?", "Name a colour", "Hi"], ["Mix flour and", "Blue", ""])
+    assert response_kl(tiny, chats, Variant(), Variant()) == 0.0
+    coupling = make(tiny_directions)
+    with torch.no_grad():
+        coupling.maps[0].b_out.fill_(2.0)
+    kl = response_kl(tiny, chats, Variant(), Variant(coupling.hooks(tiny)), batch_size=2)
+    assert kl > 1e-4
+    assert math.isnan(response_kl(tiny, chats[2:], Variant(), Variant(coupling.hooks(tiny))))  # no response
 
 
 def test_coupling_artifact_round_trip_and_model_check(tiny, tiny_directions, tmp_path):

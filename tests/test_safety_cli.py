@@ -60,13 +60,16 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert 0 <= result["mean_asr"] <= 1 and result["white_box_asr"]["attack_slot"] == 2
     assert len(result["asr_by_class"]) >= 8 and result["harmless_kl"] >= 0
+    assert result["harmless_response_kl"] >= 0
     # Every judged response is kept in the run folder (for auditing the judge), none in eval.json.
     responses = json.loads((tmp_path / "eval" / "responses.json").read_text())
     assert len(responses["jailbreaks"]) == result["n"]["jailbreaks"]
     assert len(responses["harmful_v_ref_ablated_upstream"]) == result["n"]["harmful"]
     asr = 1 - sum(r["refusal"] for r in responses["harmful"]) / len(responses["harmful"])
     assert asr == result["plain_harmful_asr"]
-    assert "response" not in (tmp_path / "eval" / "eval.json").read_text()
+    summary = (tmp_path / "eval" / "eval.json").read_text()
+    texts = [r["response"] for rows in responses.values() for r in rows if len(r["response"]) >= 8]
+    assert texts and not any(t in summary for t in texts)
 
     assert (
         main(
