@@ -385,6 +385,15 @@ def cmd_train(args) -> dict:
     from .artifacts import write_json
     from .train import TrainConfig
 
+    subspace_only = {
+        "--slots": args.slots,
+        "--retention-weight": args.retention_weight,
+        "--margin": args.margin,
+        "--position-maps": args.position_maps or None,
+    }
+    given = [flag for flag, value in subspace_only.items() if value is not None]
+    if args.mode != "subspace" and given:
+        raise HarcError(f"{', '.join(given)} only apply to --mode subspace")
     model, d = _load_with_directions(args)
     train_sets, eval_sets = _safety_sets(args, d)
     out = Path(args.out)

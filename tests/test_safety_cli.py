@@ -116,3 +116,13 @@ def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
     args = build_parser().parse_args(["eval", "--directions", "x", "--out", "y", "--classes", first_class])
     _, ev = _safety_sets(args, d)
     assert {p.attack_class for p in ev["jailbreaks"]} == {first_class}
+
+
+def test_subspace_flags_are_refused_in_lora_mode_before_loading_anything(capsys):
+    from harc_interp.cli import main
+
+    argv = ["train", "--directions", "no-such-dir", "--mode", "lora", "--out", "x", "--margin", "1.5"]
+    assert main([*argv, "--position-maps"]) == 2
+    err = capsys.readouterr().err
+    assert "--margin, --position-maps only apply to --mode subspace" in err
+    assert "no-such-dir" not in err  # refused before the directions or the model are read
