@@ -385,13 +385,16 @@ def cmd_train(args) -> dict:
     from .artifacts import write_json
     from .train import TrainConfig
 
-    subspace_only = {
-        "--slots": args.slots,
-        "--retention-weight": args.retention_weight,
-        "--margin": args.margin,
-        "--position-maps": args.position_maps or None,
+    # SubspaceConfig fields the command line sets only when given (None: keep the config's default).
+    overrides = {
+        "retention_weight": args.retention_weight,
+        "margin": args.margin,
+        "position_maps": args.position_maps or None,
     }
-    given = [flag for flag, value in subspace_only.items() if value is not None]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    given = [f"--{k.replace('_', '-')}" for k in overrides]
+    if args.slots is not None:
+        given.insert(0, "--slots")
     if args.mode != "subspace" and given:
         raise HarcError(f"{', '.join(given)} only apply to --mode subspace")
     model, d = _load_with_directions(args)
@@ -413,15 +416,7 @@ def cmd_train(args) -> dict:
                 slots=slots,
                 train=tc,
                 system_prompt=args.system_prompt,
-                **{
-                    k: v
-                    for k, v in (
-                        ("retention_weight", args.retention_weight),
-                        ("margin", args.margin),
-                        ("position_maps", args.position_maps or None),
-                    )
-                    if v is not None
-                },
+                **overrides,
             ),
             progress=not args.quiet,
         )

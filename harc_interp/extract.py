@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -91,28 +92,6 @@ def _cached(path: Path, compute):
     return result
 
 
-def _generations(
-    model,
-    ps: PromptSet,
-    path: Path,
-    cfg: DirectionsConfig,
-    progress: bool,
-    judge: Judge,
-    prefill: str | None = None,
-):
-    return judged_generations(
-        model,
-        ps,
-        path,
-        judge,
-        max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
-        system_prompt=cfg.system_prompt,
-        prefill=prefill,
-        progress=progress,
-    )
-
-
 def _cache(
     model, ps: PromptSet, out: Path, cfg: DirectionsConfig, positions, progress, responses=None
 ) -> Activations:
@@ -165,17 +144,18 @@ def extract_directions(
     b_train, b_val, b_test = split_three(harmless, cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed)
 
     # 1. The model's own behaviour on the training prompts: filtering, refusal tokens, responses.
-    h_gen = _generations(model, h_train, work / "generations_harmful.json", cfg, progress, judge)
-    b_gen = _generations(model, b_train, work / "generations_harmless.json", cfg, progress, judge)
-    prefilled = _generations(
+    generations = partial(
+        judged_generations,
         model,
-        h_train,
-        work / "generations_harmful_prefill.json",
-        cfg,
-        progress,
-        judge,
-        prefill=cfg.harmful_prefill,
+        judge=judge,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        system_prompt=cfg.system_prompt,
+        progress=progress,
     )
+    h_gen = generations(h_train, work / "generations_harmful.json")
+    b_gen = generations(b_train, work / "generations_harmless.json")
+    prefilled = generations(h_train, work / "generations_harmful_prefill.json", prefill=cfg.harmful_prefill)
     if refusal_tokens is None:
         refusal_tokens = find_refusal_tokens(
             [r["response_ids"] for r in h_gen + b_gen if r["refusal"]],

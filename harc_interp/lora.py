@@ -29,7 +29,7 @@ from .artifacts import now, write_json
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .directions import Directions, diff_in_means
 from .errors import HarcError
-from .evaluate import DEFAULT_JUDGE, Judge, response_logprobs
+from .evaluate import DEFAULT_JUDGE, Judge, kl_divergence, response_logprobs
 from .generate import judged_generations
 from .model import HarcModel, resid_hook_name
 from .prompts import PromptSet
@@ -237,7 +237,7 @@ def train_lora(
                     ).logits
                 base_lp = response_logprobs(base_logits, chats, batch)
                 kl = torch.stack(
-                    [(b.exp() * (b - t)).sum(-1).mean() for b, t in zip(base_lp, tuned_lp, strict=True)]
+                    [kl_divergence(b, t).mean() for b, t in zip(base_lp, tuned_lp, strict=True)]
                 ).mean()
                 parts[f"kl_{name}"] = float(kl.detach())
                 total = total + config.kl_weight * kl

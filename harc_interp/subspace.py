@@ -269,13 +269,10 @@ def _train_slot(
     gap = torch.where(reads, hi - lo, torch.ones_like(lo))  # unread entries may have no gap at all
     roles = torch.arange(n_pos)
     every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
+    per_role = every if plane_map.n_roles > 1 else every.reshape(-1, 1, 2)  # one map: positions pooled
     with torch.no_grad():
-        if plane_map.n_roles == 1:
-            plane_map.mu.copy_(every.reshape(-1, 2).mean(0, keepdim=True))
-            plane_map.sigma.copy_(every.reshape(-1, 2).std(0, keepdim=True).clamp_min(1e-6))
-        else:
-            plane_map.mu.copy_(every.mean(0))
-            plane_map.sigma.copy_(every.std(0).clamp_min(1e-6))
+        plane_map.mu.copy_(per_role.mean(0))
+        plane_map.sigma.copy_(per_role.std(0).clamp_min(1e-6))
 
     def objective(batches: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         parts, total = {}, torch.zeros(())
