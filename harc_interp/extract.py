@@ -28,11 +28,13 @@ from .plots import cosine_figure, metric_curves_figure, selection_figure, write_
 from .probes import bootstrap_cosine, mean_cosine, probe_metrics, projection_metrics
 from .prompts import PromptSet
 from .selection import (
+    Candidate,
     arditi_select,
     candidates_table,
     causal_validation,
     chosen_slot,
     harc_layer_scores,
+    relaxed_pick,
     top_layers,
 )
 
@@ -281,19 +283,27 @@ def extract_directions(
 
     arditi = _cached(work / "selection_arditi.json", select)
     harc_scores = harc_layer_scores(d)
-    method = cfg.selection
-    if method == "arditi" and arditi["best"] is None:
-        # Keep the run going and say so: the artifact records that the refusal-direction filters failed.
-        log.warning("no refusal-direction candidate passed its filters; falling back to the HARC layer score")
-        method = "harc"
-    slot = chosen_slot(method, arditi["best"]["slot"] if arditi["best"] else None, harc_scores, layers)
+    pick, relaxed = arditi["best"], None
+    if cfg.selection == "arditi" and pick is None:
+        # Keep the run going and say so: the artifact records that the filters were relaxed (or failed).
+        relaxed = relaxed_pick([Candidate(**c) for c in arditi["candidates"]])
+        pick = asdict(relaxed) if relaxed else None
+        log.warning(
+            "no refusal-direction candidate passed its filters; %s",
+            f"relaxed them: slot {relaxed.slot} ({relaxed.reason})"
+            if relaxed
+            else "using the HARC layer score",
+        )
+    method = "harc" if cfg.selection == "arditi" and pick is None else cfg.selection
+    slot = chosen_slot(method, pick["slot"] if pick else None, harc_scores, layers)
     # A refusal-direction selection over several positions may pick another post-instruction token:
     # the causal checks then test that direction, the one the selection vouched for.
-    picked = arditi["best"]["position"] if method == "arditi" else "t_post"
+    picked = pick["position"] if method == "arditi" else "t_post"
     refusal_position = None if picked in ("t_post", d.grid_positions[-1]) else picked
     selection = {
         "method": method,
         "requested_method": cfg.selection,
+        "arditi_filters_relaxed": relaxed is not None,
         "selected_layer": slot,
         "refusal_position": refusal_position or "t_post",
         "arditi": arditi,

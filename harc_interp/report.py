@@ -29,6 +29,7 @@ def _figure(run_dir: Path, path: Path, title: str) -> str:
 
 def directions_section(run_dir: Path, meta: dict, rel: str = "directions") -> str:
     m, cv, sel = meta["metrics"], meta["causal_validation"], meta["selection"]
+    relaxed = ", its filters relaxed (no candidate passed them)" if sel.get("arditi_filters_relaxed") else ""
     best = m["best_harm_layer"]
     counts = meta["counts"]
     parts = [
@@ -40,7 +41,7 @@ def directions_section(run_dir: Path, meta: dict, rel: str = "directions") -> st
         f"<p>Best held-out harmfulness separation (projection on v_harm at t_inst): slot {best['slot']}, "
         f"AUROC {best['auroc']:.3f}, accuracy {best['accuracy']:.3f}; logistic probe: slot "
         f"{m['best_harm_layer_probe']['slot']}, AUROC {m['best_harm_layer_probe']['auroc']:.3f}. Selected layer slot "
-        f"<b>{meta['selected_layer']}</b> by <b>{sel['method']}</b> (requested: {sel['requested_method']}); "
+        f"<b>{meta['selected_layer']}</b> by <b>{sel['method']}</b>{relaxed} (requested: {sel['requested_method']}); "
         f"HARC top layers {sel['harc_top_layers']}.</p>",
         "<h3>Causal validation on held-out prompts (refusal rates)</h3>",
         _table(

@@ -114,6 +114,20 @@ def arditi_select(
     return best, candidates, baseline
 
 
+def relaxed_pick(candidates: Sequence[Candidate]) -> Candidate | None:
+    """The refusal-direction choice when no candidate passes Arditi's filters (common on small models).
+    The layer filter stays; the score thresholds are relaxed one at a time. If some candidates induce
+    refusal (only the KL filter failed), the lowest bypass score among them; otherwise the highest
+    induce score: the induce score is the selection's only check that adding the direction *causes*
+    refusal, so the candidate closest to passing it is the most refusal-like direction. None when no
+    candidate was scored (every slot filtered out or zero)."""
+    scored = [c for c in candidates if c.induce_score == c.induce_score]  # NaN: not scored
+    inducing = [c for c in scored if c.induce_score > 0]
+    if inducing:
+        return min(inducing, key=lambda c: c.bypass_score)
+    return max(scored, key=lambda c: c.induce_score, default=None)
+
+
 def harc_layer_scores(directions: Directions, exclude: int = 4) -> list[float | None]:
     """(1−|cos(v_ref,v_harm)|)(1−|cos(v_ref_resp,v_harm_resp)|)|cos(v_harm,v_harm_resp)||cos(v_ref,v_ref_resp)|
     per slot; None for the first and last `exclude` slots."""

@@ -119,6 +119,23 @@ def test_arditi_select_scores_only_eligible_depths(tiny, tiny_directions):
     assert set(baseline) == {"harmful_refusal_score", "harmless_refusal_score"}
 
 
+def test_relaxed_pick_keeps_the_layer_filter_and_relaxes_the_thresholds_in_order():
+    from harc_interp.selection import Candidate, relaxed_pick
+
+    nan = float("nan")
+
+    def cand(slot, bypass, induce, kl=0.5):
+        return Candidate(slot, "t_post", bypass, induce, kl, False, "induce <= 0, KL > 0.1")
+
+    late = Candidate(9, "t_post", nan, nan, nan, False, "last 20% of layers")
+    # Nothing induces refusal: the candidate closest to it, not the lowest bypass.
+    assert relaxed_pick([cand(1, -5.0, -3.0), cand(2, -2.0, -1.0), late]).slot == 2
+    # Some induce refusal (only KL failed): the lowest bypass among those.
+    assert relaxed_pick([cand(1, -9.0, -1.0), cand(2, -2.0, 0.5), cand(3, -4.0, 0.1), late]).slot == 3
+    # No candidate was scored: nothing to relax.
+    assert relaxed_pick([late]) is None
+
+
 def test_causal_validation_tests_the_direction_at_the_picked_position(tiny, tiny_directions, monkeypatch):
     import harc_interp.selection as selection
     from harc_interp import starter_prompts
