@@ -390,6 +390,8 @@ def cmd_train(args) -> dict:
         "retention_weight": args.retention_weight,
         "margin": args.margin,
         "position_maps": args.position_maps or None,
+        "response_tokens": args.response_tokens,
+        "response_margin": args.response_margin,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     given = [f"--{k.replace('_', '-')}" for k in overrides]
@@ -662,6 +664,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="subspace mode: one plane map per span token (t_inst, each template token, t_post) "
         "instead of one shared map",
+    )
+    tr.add_argument(
+        "--response-tokens",
+        type=int,
+        default=None,
+        help="subspace mode: train the response-token map on the model's first N response tokens per "
+        "prompt (default 8; 0: responses use t_post's map)",
+    )
+    tr.add_argument(
+        "--response-margin",
+        type=float,
+        default=None,
+        help="subspace mode: how far harmful-like responses' refusal read-out is pushed above harmless "
+        "responses', in t_post harmful-harmless gaps (default 1.0)",
     )
     tr.set_defaults(func=cmd_train)
 

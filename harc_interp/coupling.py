@@ -40,15 +40,23 @@ class PlaneMap(nn.Module):
     later roles, i.e. response tokens, use the last one, t_post's). The template tokens are the same in
     every prompt but sit in different parts of the plane, so a map of its own for each sees them apart.
 
+    With `first_response_role` ≥ 0 the last map is a response map: it serves every role from that one
+    on (the response tokens) and every decoding step, and the others serve the span tokens (clamped).
+    Response tokens sit elsewhere in the plane than any prompt token, so a map trained on their own
+    coordinates replaces extrapolating t_post's.
+
     The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen, per
     role) put the coordinates on a unit scale so one learning rate fits every layer."""
 
-    def __init__(self, mu: Tensor, sigma: Tensor, hidden: int = 32):
+    def __init__(self, mu: Tensor, sigma: Tensor, hidden: int = 32, first_response_role: int = -1):
         super().__init__()
         mu, sigma = mu.float().reshape(-1, 2), sigma.float().reshape(-1, 2)
         n_roles = mu.shape[0]
+        if first_response_role >= 0 and n_roles < 2:
+            raise HarcError("a response map needs at least one span map besides it")
         self.register_buffer("mu", mu.clone())
         self.register_buffer("sigma", sigma.clamp_min(1e-6).clone())
+        self.register_buffer("first_response_role", torch.tensor(first_response_role))
         self.w_in = nn.Parameter(torch.zeros(n_roles, 2, hidden))
         self.b_in = nn.Parameter(torch.zeros(n_roles, hidden))
         self.w_out = nn.Parameter(torch.zeros(n_roles, hidden, 2))
@@ -58,12 +66,18 @@ class PlaneMap(nn.Module):
     def n_roles(self) -> int:
         return self.mu.shape[0]
 
-    def forward(self, z: Float[Tensor, "*batch 2"], roles: Tensor | None = None) -> Float[Tensor, "*batch 2"]:
-        """`roles` [*batch] (long) picks each point's map; None: the last role (decoding steps)."""
-        last = self.n_roles - 1
+    def map_index(self, roles: Tensor | None, shape: Sequence[int], device=None) -> Tensor:
+        """Which map serves each point: span roles clamped to the span maps, responses the last map."""
+        last, first_response = self.n_roles - 1, int(self.first_response_role)
         if roles is None:
-            roles = torch.full(z.shape[:-1], last, dtype=torch.long, device=z.device)
-        r = roles.clamp(0, last)
+            return torch.full(tuple(shape), last, dtype=torch.long, device=device)
+        if first_response < 0:
+            return roles.clamp(0, last)
+        return torch.where(roles >= first_response, last, roles.clamp(0, last - 1))
+
+    def forward(self, z: Float[Tensor, "*batch 2"], roles: Tensor | None = None) -> Float[Tensor, "*batch 2"]:
+        """`roles` [*batch] (span roles, long) pick each point's map; None: decoding steps (the last map)."""
+        r = self.map_index(roles, z.shape[:-1], z.device)
         mu, sigma = self.mu[r], self.sigma[r]
         u = (z - mu) / sigma
         hid = torch.tanh(torch.einsum("...k,...kh->...h", u, self.w_in[r]) + self.b_in[r])
@@ -81,6 +95,7 @@ class CouplingIntervention(nn.Module):
         sigmas: Tensor,
         hidden: int = 32,
         meta: dict | None = None,
+        first_response_role: int = -1,
     ):
         super().__init__()
         if len(slots) != bases.shape[0] or bases.shape[-1] != 2:
@@ -90,12 +105,21 @@ class CouplingIntervention(nn.Module):
         self.slots = tuple(int(s) for s in slots)
         self.hidden = hidden
         self.register_buffer("bases", bases.float().clone())  # [slot, d_model, 2], frozen
-        self.maps = nn.ModuleList(PlaneMap(m, s, hidden) for m, s in zip(mus, sigmas, strict=True))
+        self.maps = nn.ModuleList(
+            PlaneMap(m, s, hidden, first_response_role) for m, s in zip(mus, sigmas, strict=True)
+        )
         self.meta = dict(meta or {})
 
     @classmethod
     def from_directions(
-        cls, d: Directions, slots: Sequence[int], mus: Tensor, sigmas: Tensor, hidden: int = 32, seed: int = 0
+        cls,
+        d: Directions,
+        slots: Sequence[int],
+        mus: Tensor,
+        sigmas: Tensor,
+        hidden: int = 32,
+        seed: int = 0,
+        first_response_role: int = -1,
     ) -> CouplingIntervention:
         bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
         gen = torch.Generator().manual_seed(seed)
@@ -106,6 +130,7 @@ class CouplingIntervention(nn.Module):
             sigmas,
             hidden,
             meta={k: d.meta.get(k) for k in ("model", "model_fingerprint", "template_hash")},
+            first_response_role=first_response_role,
         )
         with torch.no_grad():
             for m in module.maps:
@@ -175,6 +200,8 @@ class CouplingIntervention(nn.Module):
         if "maps.0.w_in" not in state:
             raise HarcError(f"{out_dir}/coupling.safetensors was saved by an older harc_interp: retrain it")
         n, n_roles = len(meta["slots"]), state["maps.0.mu"].shape[0]
+        for i in range(n):  # saved before response maps existed: t_post's map serves the responses
+            state.setdefault(f"maps.{i}.first_response_role", torch.tensor(-1))
         module = cls(
             meta["slots"],
             state["bases"],
@@ -182,6 +209,7 @@ class CouplingIntervention(nn.Module):
             torch.ones(n, n_roles, 2),
             meta["hidden"],
             meta,
+            int(state["maps.0.first_response_role"]),
         )
         module.load_state_dict(state)
         return module

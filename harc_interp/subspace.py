@@ -10,6 +10,9 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
+Response tokens have a map of their own (`response_tokens` > 0), trained on the model's own first
+response tokens under every condition with the refusal read-out only: harmful-like responses pushed
+`response_margin` t_post gaps above the harmless responses' mean, harmless-like ones held as above.
 With `position_maps`, each span token gets a map of its own and is standardised on its own; the same
 hinges then also apply at every token and axis where plain harmful and harmless prompts differ.
 
@@ -32,12 +35,13 @@ from torch import Tensor
 
 from .activations import CacheConfig, cache_residuals
 from .artifacts import load_tensors, now, read_json, save_tensors, write_json
-from .chat import formatter_for
+from .chat import formatter_for, left_pad, pad_token_id
 from .coupling import CouplingIntervention, plane_basis_matrix
 from .directions import Directions
 from .errors import HarcError
+from .generate import generate
 from .interventions import ablation_hooks
-from .model import HarcModel, HookFn
+from .model import HarcModel, HookFn, resid_hook_name
 from .plane import basis_from_directions
 from .prompts import PromptSet
 from .train import TrainConfig, train_loop
@@ -61,6 +65,12 @@ class SubspaceConfig:
     # prompts differ there by at least `min_separation` standard deviations (besides HARC's two reads).
     position_maps: bool = False
     min_separation: float = 0.5
+    # Response tokens get a map of their own, trained on the plane coordinates of the model's own first
+    # `response_tokens` response tokens under every condition (0: responses use t_post's map, untrained
+    # there). Harmful-like responses' refusal read-out is pushed `response_margin` t_post gaps above the
+    # harmless responses' mean; harmless-like ones are held below `safe_margin` with retention.
+    response_tokens: int = 8
+    response_margin: float = 1.0
     batch_per_condition: int = 64
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates
@@ -82,33 +92,92 @@ def plane_coordinates_dataset(
     The white-box conditions ablate upstream of `attack_slot` (default: the first slot); `hooks` run in
     every condition (e.g. coupling maps already trained at shallower slots)."""
     bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
-    first = min(slots) if attack_slot is None else attack_slot
     cfg = CacheConfig(
         layers=slots,
         positions=("t_inst", "post_instruction"),
         batch_size=batch_size,
         system_prompt=system_prompt,
     )
+    out = {}
+    for name, (ps, attack) in _conditions(model, d, sets, min(slots) if attack_slot is None else attack_slot):
+        acts = cache_residuals(model, ps, config=cfg, hooks=[*attack, *hooks], progress=progress)
+        out[name] = torch.einsum("nlpd,ldk->nlpk", acts.resid, bases)
+    return out
+
+
+def _conditions(model: HarcModel, d: Directions, sets: dict[str, PromptSet], attack_slot: int):
+    """(condition, (prompts, attack hooks)) for every condition with prompts; the white-box ones ablate
+    a direction in every block upstream of `attack_slot`."""
     conditions = {
         "harmful": (sets["harmful"], ()),
         "harmful_ablate_ref": (
             sets["harmful"],
-            ablation_hooks(model, d.unit("v_ref", first), layers=range(first)),
+            ablation_hooks(model, d.unit("v_ref", attack_slot), layers=range(attack_slot)),
         ),
         "harmful_ablate_harm": (
             sets["harmful"],
-            ablation_hooks(model, d.unit("v_harm", first), layers=range(first)),
+            ablation_hooks(model, d.unit("v_harm", attack_slot), layers=range(attack_slot)),
         ),
         "jailbreak": (sets.get("jailbreak"), ()),
         "harmless": (sets["harmless"], ()),
         "borderline": (sets.get("borderline"), ()),
     }
+    return [(name, c) for name, c in conditions.items() if c[0] is not None and len(c[0]) > 0]
+
+
+def response_coordinates_dataset(
+    model: HarcModel,
+    d: Directions,
+    slot: int,
+    sets: dict[str, PromptSet],
+    n_tokens: int,
+    attack_slot: int,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    progress: bool = True,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+) -> dict[str, Tensor]:
+    """{condition: coords [prompt, n_tokens, 2]} of the model's own first `n_tokens` response tokens at
+    `slot` (greedy, generated and then read under the condition's attack and `hooks`); NaN past the end
+    of a shorter response."""
+    basis = plane_basis_matrix(d, slot)
+    fmt = formatter_for(model, system_prompt)
     out = {}
-    for name, (ps, attack) in conditions.items():
-        if ps is None or len(ps) == 0:
-            continue
-        acts = cache_residuals(model, ps, config=cfg, hooks=[*attack, *hooks], progress=progress)
-        out[name] = torch.einsum("nlpd,ldk->nlpk", acts.resid, bases)
+    for name, (ps, attack) in _conditions(model, d, sets, attack_slot):
+        run_hooks = [*attack, *hooks]
+        gens = generate(
+            model,
+            ps,
+            max_new_tokens=n_tokens,
+            batch_size=batch_size,
+            hooks=run_hooks,
+            system_prompt=system_prompt,
+            progress=progress,
+        )
+        chats = fmt.format_many(ps.texts, [list(g.response_ids) for g in gens])
+        coords = torch.full((len(chats), n_tokens, 2), float("nan"))
+        for start in range(0, len(chats), batch_size):
+            chunk = chats[start : start + batch_size]
+            batch = left_pad(chunk, pad_token_id(model.tokenizer), with_response=True)
+            seen = {}
+
+            def capture(resid, site, seen=seen):
+                seen["z"] = resid.float() @ basis.to(resid.device)
+
+            with (
+                torch.no_grad(),
+                model.hooks([*run_hooks, (resid_hook_name(slot, model.n_layers), capture)]),
+                model.span(batch.span_role.to(model.device)),
+            ):
+                model.hf(
+                    input_ids=batch.input_ids.to(model.device),
+                    attention_mask=batch.attention_mask.to(model.device),
+                    use_cache=False,
+                )
+            for b, chat in enumerate(chunk):
+                pos = torch.tensor(chat.response_positions[:n_tokens], dtype=torch.long) + batch.offset[b]
+                coords[start + b, : len(pos)] = seen["z"][b, pos.to(seen["z"].device)].cpu()
+        out[name] = coords
     return out
 
 
@@ -189,8 +258,11 @@ def train_subspace(
     slots = tuple(sorted(slots))
     # Every map starts as the exact identity, so the coupling's hooks only act at slots trained so far.
     n = len(slots)
+    if config.response_tokens < 0:
+        raise HarcError(f"response_tokens must be >= 0, got {config.response_tokens}")
     probe = formatter_for(model, config.system_prompt).format("x")
-    n_roles = probe.n_prompt - probe.t_inst if config.position_maps else 1  # t_inst … t_post
+    n_span = probe.n_prompt - probe.t_inst  # t_inst … t_post
+    n_roles = (n_span if config.position_maps else 1) + (1 if config.response_tokens else 0)
     coupling = CouplingIntervention.from_directions(
         d,
         slots,
@@ -198,6 +270,7 @@ def train_subspace(
         torch.ones(n, n_roles, 2),
         config.hidden,
         seed=config.train.seed,
+        first_response_role=n_span if config.response_tokens else -1,
     )
     stages = []
     for k, slot in enumerate(slots):
@@ -225,7 +298,32 @@ def train_subspace(
             )
             save_tensors(coords_path, coords)
             write_json(work / "coordinates.json", key)
-        stages.append(_train_slot(coupling, k, d, coords, config, out_dir if n == 1 else work, progress))
+        responses = None
+        if config.response_tokens:
+            resp_key = key | {"response_tokens": config.response_tokens}
+            resp_path = work / "response_coordinates.safetensors"
+            if resp_path.is_file() and read_json(work / "response_coordinates.json") == json.loads(
+                json.dumps(resp_key)
+            ):
+                responses = load_tensors(resp_path)
+            else:
+                responses = response_coordinates_dataset(
+                    model,
+                    d,
+                    slot,
+                    sets,
+                    config.response_tokens,
+                    slots[0],
+                    config.batch_size,
+                    config.system_prompt,
+                    progress,
+                    hooks=coupling.hooks(model),
+                )
+                save_tensors(resp_path, responses)
+                write_json(work / "response_coordinates.json", resp_key)
+        stages.append(
+            _train_slot(coupling, k, d, coords, responses, config, out_dir if n == 1 else work, progress)
+        )
     coupling.meta |= {
         "plane_separability": {"positions": stages[0]["separability"]["positions"]}
         | {name: row for st in stages for name, row in st["separability"].items() if name != "positions"},
@@ -251,11 +349,13 @@ def _train_slot(
     k: int,
     d: Directions,
     coords: dict[str, Tensor],
+    responses: dict[str, Tensor] | None,
     config: SubspaceConfig,
     out_dir: Path,
     progress: bool,
 ) -> dict:
-    """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]."""
+    """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]
+    and, with a response map, response-token coordinates [prompt, token, 2] (NaN past a response's end)."""
     slot = coupling.slots[k]
     plane_map = coupling.maps[k]
     e, lo, hi, separation = standardisation(d, slot, coords)
@@ -263,43 +363,66 @@ def _train_slot(
     # HARC's reads: harmfulness at t_inst, refusal at t_post; per-position maps also get every position
     # and axis where harmful and harmless prompts differ (elsewhere a target would be noise).
     reads = torch.zeros(n_pos, 2, dtype=torch.bool)
-    reads[0, 0] = reads[-1, 1] = True
-    if plane_map.n_roles > 1:
+    n_span_maps = plane_map.n_roles - (1 if responses is not None else 0)
+    if n_span_maps > 1:
         reads |= separation >= config.min_separation
+    reads[0, 0] = reads[-1, 1] = True
     gap = torch.where(reads, hi - lo, torch.ones_like(lo))  # unread entries may have no gap at all
     roles = torch.arange(n_pos)
+    span_maps = plane_map.map_index(roles, (n_pos,))
     every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
-    per_role = every if plane_map.n_roles > 1 else every.reshape(-1, 1, 2)  # one map: positions pooled
     with torch.no_grad():
-        plane_map.mu.copy_(per_role.mean(0))
-        plane_map.sigma.copy_(per_role.std(0).clamp_min(1e-6))
+        for m in range(n_span_maps):  # one map: positions pooled
+            plane_map.mu[m] = every[:, span_maps == m].reshape(-1, 2).mean(0)
+            plane_map.sigma[m] = every[:, span_maps == m].reshape(-1, 2).std(0).clamp_min(1e-6)
+    sigma_span = plane_map.sigma[span_maps]
+    if responses is not None:
+        valid = {name: ~torch.isnan(z[..., 0]) for name, z in responses.items()}
+        if "harmless" not in valid or not valid["harmless"].any():
+            raise HarcError("no harmless response tokens to anchor the response map on")
+        pooled = torch.cat([z[valid[name]] for name, z in responses.items()])
+        resp_lo = oblique_coordinates(e, responses["harmless"][valid["harmless"]]).mean(0)[1]
+        with torch.no_grad():
+            plane_map.mu[-1], plane_map.sigma[-1] = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
 
-    def objective(batches: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        parts, total = {}, torch.zeros(())
-        for name, zb in batches.items():
-            zb = zb[:, 0]  # [b, position, 2]
-            mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
-            s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
-            if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges
-                loss = 2 * torch.relu(config.margin - s[:, reads]).mean()
-            else:
-                sigma = plane_map.sigma[roles.clamp(max=plane_map.n_roles - 1)]
-                retention = ((mapped - zb) / sigma).pow(2).sum(-1).mean()
-                refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
-                loss = refusal + config.retention_weight * retention
-            parts[name] = float(loss.detach())
-            total = total + loss
-        return total, parts
+    def span_loss(name: str, zb: Tensor) -> Tensor:
+        zb = zb[:, 0]  # [b, position, 2]
+        mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
+        s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
+        if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges
+            return 2 * torch.relu(config.margin - s[:, reads]).mean()
+        retention = ((mapped - zb) / sigma_span).pow(2).sum(-1).mean()
+        refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
+        return refusal + config.retention_weight * retention
+
+    def response_loss(name: str, zr: Tensor) -> Tensor:
+        ok = ~torch.isnan(zr[..., 0])
+        if not ok.any():
+            return torch.zeros(())
+        zr = zr[ok]  # [tokens, 2]; the response map serves decoding steps (no roles)
+        mapped = plane_map(zr)
+        s = (oblique_coordinates(e, mapped)[:, 1] - resp_lo) / gap[-1, 1]  # t_post's refusal gap
+        if name in HARMFUL_LIKE:
+            return torch.relu(config.response_margin - s).mean()
+        retention = ((mapped - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()
+        return torch.relu(s - config.safe_margin).mean() + config.retention_weight * retention
+
+    def objective(batches: dict[str, Tensor], resp_batches: dict[str, Tensor]) -> tuple[Tensor, dict]:
+        parts = {name: span_loss(name, zb) for name, zb in batches.items()}
+        parts |= {f"{name}_response": response_loss(name, zr) for name, zr in resp_batches.items()}
+        total = sum(parts.values(), torch.zeros(()))
+        return total, {name: float(v.detach()) for name, v in parts.items()}
 
     def loss_fn(step: int, gen: torch.Generator):
-        size = lambda z: (min(config.batch_per_condition, z.shape[0]),)  # noqa: E731
-        return objective(
-            {name: z[torch.randint(z.shape[0], size(z), generator=gen)] for name, z in coords.items()}
-        )
+        def sample(sets: dict[str, Tensor]) -> dict[str, Tensor]:
+            size = lambda z: (min(config.batch_per_condition, z.shape[0]),)  # noqa: E731
+            return {name: z[torch.randint(z.shape[0], size(z), generator=gen)] for name, z in sets.items()}
+
+        return objective(sample(coords), sample(responses or {}))
 
     def full_objective() -> dict[str, float]:  # every cached example: comparable before and after
         with torch.no_grad():
-            total, parts = objective(coords)
+            total, parts = objective(coords, responses or {})
         return parts | {"total": float(total)}
 
     at_init = full_objective()
@@ -315,12 +438,17 @@ def _train_slot(
     return {
         "separability": separability,
         "standardisation": {
+            "response_lo": float(resp_lo) if responses is not None else None,
             "lo": lo.tolist(),
             "hi": hi.tolist(),
             "separation": separation.tolist(),
             "constrained": reads.tolist(),
         },
-        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()},
+        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()}
+        | {
+            f"{name}_response_tokens": int(v.sum())
+            for name, v in (valid if responses is not None else {}).items()
+        },
         "objective": {"at_init": at_init, "trained": full_objective()},
         "log": log_rows,
     }

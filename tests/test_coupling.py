@@ -109,6 +109,34 @@ def test_position_maps_edit_each_span_token_with_its_own_map(tiny, tiny_directio
     torch.testing.assert_close(loaded.edit(0, h, roles=roles), coupling.edit(0, h, roles=roles))
 
 
+def test_response_map_serves_response_tokens_and_decoding_steps(tiny, tiny_directions, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    n_span = 3  # t_inst, one suffix token, t_post; then the response map
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions, (2,), torch.zeros(1, 4, 2), torch.ones(1, 4, 2), first_response_role=n_span
+    )
+    with torch.no_grad():
+        coupling.maps[0].b_out.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-4.0, 5.0]]))
+    h = torch.randn(2, 7, tiny.d_model)
+    roles = torch.tensor([[-1, 0, 1, 2, 3, 4, 5]] * 2)  # before the span, the span, then response tokens
+    moved = (coupling.edit(0, h, (roles >= 0).float()[..., None], roles) - h) @ coupling.bases[0]
+    for pos, m in ((1, 0), (2, 1), (3, 2), (4, 3), (5, 3), (6, 3)):
+        torch.testing.assert_close(moved[0, pos], coupling.maps[0].b_out[m], atol=1e-5, rtol=0)
+    decoding = (coupling.edit(0, h[:, :1]) - h[:, :1]) @ coupling.bases[0]
+    torch.testing.assert_close(decoding[0, 0], coupling.maps[0].b_out[3], atol=1e-5, rtol=0)
+
+    # An artifact saved before response maps existed loads with t_post's map serving the responses.
+    coupling.save(tmp_path)
+    state = load_file(tmp_path / "coupling.safetensors")
+    del state["maps.0.first_response_role"]
+    save_file(state, tmp_path / "coupling.safetensors")
+    old = CouplingIntervention.load(tmp_path)
+    assert int(old.maps[0].first_response_role) == -1
+    moved = (old.edit(0, h, (roles >= 0).float()[..., None], roles) - h) @ old.bases[0]
+    torch.testing.assert_close(moved[0, 6], old.maps[0].b_out[3], atol=1e-5, rtol=0)  # clamped to the last
+
+
 def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
     from harc_interp.evaluate import response_kl
     from harc_interp.interventions import Variant
@@ -192,6 +220,11 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     objective = loaded.meta["objective"]["2"]
     assert objective["trained"]["total"] < objective["at_init"]["total"]
     assert loaded.meta["mode"] == "subspace" and loaded.meta["n_examples"]["harmful"] == 8
+    # The response map trained on the model's own response tokens: decoding steps are edited.
+    assert loaded.maps[0].n_roles == 2 and 0 < loaded.meta["n_examples"]["harmful_response_tokens"] <= 8 * 8
+    assert {"harmful_response", "harmless_response"} <= set(objective["trained"])
+    h = torch.randn(2, 1, tiny.d_model)
+    assert (loaded.edit(0, h) - h).norm() > 1e-4
     sep = loaded.meta["plane_separability"]
     assert sep["positions"][0] == "t_inst" and sep["positions"][-1] == "t_post"
     assert all(len(v) == len(sep["positions"]) for v in sep["slot 2"].values())
@@ -199,7 +232,8 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     # A rerun reuses the cached plane coordinates (no forward passes) and the finished checkpoint.
     import harc_interp.subspace as subspace_mod
 
-    monkeypatch.setattr(subspace_mod, "plane_coordinates_dataset", lambda *a, **k: pytest.fail("recomputed"))
+    for name in ("plane_coordinates_dataset", "response_coordinates_dataset"):
+        monkeypatch.setattr(subspace_mod, name, lambda *a, **k: pytest.fail("recomputed"))
     again = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     h = torch.randn(2, 3, tiny.d_model)
     torch.testing.assert_close(again.edit(0, h), coupling.edit(0, h))
@@ -214,7 +248,9 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
         tiny, tiny_directions, sets, tmp_path / "positions", replace(cfg, position_maps=True), progress=False
     )
     chat = formatter_for(tiny).format("Hi there")
-    assert per_position.maps[0].n_roles == chat.n_prompt - chat.t_inst
+    n_span = chat.n_prompt - chat.t_inst
+    assert per_position.maps[0].n_roles == n_span + 1  # and the response map
+    assert int(per_position.maps[0].first_response_role) == n_span
     meta = CouplingIntervention.load(tmp_path / "positions").meta
     constrained = meta["standardisation"]["2"]["constrained"]
     assert constrained[0][0] and constrained[-1][1]
