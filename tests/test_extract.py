@@ -9,6 +9,7 @@ import pytest
 from harc_interp import HarcError, starter_prompts
 from harc_interp.directions import Directions
 from harc_interp.extract import DirectionsConfig, extract_directions, split_three
+from harc_interp.selection import Candidate, relaxed_pick
 
 
 def toy_judge(response: str) -> bool:
@@ -38,7 +39,14 @@ def test_extract_directions_on_tiny_model(tiny, tmp_path):
     meta = json.loads((tmp_path / "directions.json").read_text())
     assert meta["selected_layer"] == d.selected_layer
     assert len(meta["metrics"]["probes"]["t_inst"]["projection"]) == tiny.n_layers + 1
-    assert [c["slot"] for c in meta["selection"]["arditi"]["candidates"]] == [1, 2]
+    sel = meta["selection"]
+    assert [c["slot"] for c in sel["arditi"]["candidates"]] == [1, 2]
+    # A random model's induce score stays below 0: the thresholds are relaxed, Arditi's slots kept.
+    relaxed = relaxed_pick([Candidate(**c) for c in sel["arditi"]["candidates"]])
+    assert sel["arditi_filters_relaxed"] == (sel["arditi"]["best"] is None)
+    assert sel["method"] == "arditi" and d.selected_layer in (1, 2)
+    if sel["arditi_filters_relaxed"]:
+        assert d.selected_layer == relaxed.slot
     assert (
         meta["selection"]["refusal_position"] == "t_post"
         and "v_ref_position" not in meta["causal_validation"]
