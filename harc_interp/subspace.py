@@ -6,7 +6,8 @@ suffix) for plain harmful prompts, harmful prompts under white-box single-direct
 harmless and borderline prompts. The objective, in standardised coordinates s (0 = harmless mean,
 1 = plain-harmful mean, per axis (refused or not); harmfulness read at t_inst, refusal at t_post as in HARC):
 
-    harmful-like:  relu(m − s_ref) + relu(m − s_harm)
+    harmful-like:  relu(m − s_ref) + relu(m − s_harm) + relu(s⁰ − s) (never lower a read-out: without it
+                   the map pulled already-refused prompts down to the margin and raised plain harmful ASR)
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
@@ -389,8 +390,11 @@ def _train_slot(
         zb = zb[:, 0]  # [b, position, 2]
         mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
         s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
-        if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges
-            return 2 * torch.relu(config.margin - s[:, reads]).mean()
+        if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; and never lower a read-out
+            before = (oblique_coordinates(e, zb) - lo) / gap
+            return (
+                2 * torch.relu(config.margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
+            )
         retention = ((mapped - zb) / sigma_span).pow(2).sum(-1).mean()
         refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
         return refusal + config.retention_weight * retention
@@ -401,9 +405,13 @@ def _train_slot(
             return torch.zeros(())
         zr = zr[ok]  # [tokens, 2]; the response map serves decoding steps (no roles)
         mapped = plane_map(zr)
-        s = (oblique_coordinates(e, mapped)[:, 1] - resp_lo) / gap[-1, 1]  # t_post's refusal gap
+
+        def refusal(z: Tensor) -> Tensor:  # in t_post's refusal gaps above the harmless responses' mean
+            return (oblique_coordinates(e, z)[:, 1] - resp_lo) / gap[-1, 1]
+
+        s = refusal(mapped)
         if name in HARMFUL_LIKE:
-            return torch.relu(config.response_margin - s).mean()
+            return torch.relu(config.response_margin - s).mean() + torch.relu(refusal(zr) - s).mean()
         retention = ((mapped - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()
         return torch.relu(s - config.safe_margin).mean() + config.retention_weight * retention
 

@@ -225,9 +225,6 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     assert {"harmful_response", "harmless_response"} <= set(objective["trained"])
     h = torch.randn(2, 1, tiny.d_model)
     assert (loaded.edit(0, h) - h).norm() > 1e-4
-    sep = loaded.meta["plane_separability"]
-    assert sep["positions"][0] == "t_inst" and sep["positions"][-1] == "t_post"
-    assert all(len(v) == len(sep["positions"]) for v in sep["slot 2"].values())
 
     # A rerun reuses the cached plane coordinates (no forward passes) and the finished checkpoint.
     import harc_interp.subspace as subspace_mod
@@ -255,6 +252,32 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     constrained = meta["standardisation"]["2"]["constrained"]
     assert constrained[0][0] and constrained[-1][1]
     assert meta["objective"]["2"]["trained"]["total"] < meta["objective"]["2"]["at_init"]["total"]
+
+
+def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):
+    from harc_interp.subspace import _train_slot, standardisation
+
+    # Plain harmful prompts sit at the harmful mean (s = 1, past the 0.8 margin): the hinge is satisfied,
+    # yet a map that lowers their refusal read-out weakens refusals the model already makes (on the real
+    # model the shared map pulled 112 of 128 down towards the margin). The objective must see that.
+    gen = torch.Generator().manual_seed(0)
+    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
+    e, *_ = standardisation(tiny_directions, 2, unit)
+    to_plane = torch.linalg.inv(e)  # oblique read-outs (harm, ref) -> plane coordinates
+
+    def prompts(n, level):
+        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
+
+    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0)}
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
+    )
+    with torch.no_grad():
+        coupling.maps[0].w_out.zero_()
+        coupling.maps[0].b_out.copy_(torch.tensor([[0.0, -0.1]]))  # lowers every refusal read-out a little
+    cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1))
+    out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path, progress=False)
+    assert out["objective"]["at_init"]["harmful"] > 1e-3
 
 
 def test_plane_separability_sees_shifted_and_identical_conditions():
