@@ -471,7 +471,16 @@ def cmd_eval(args) -> dict:
         responses_path=Path(args.out) / "responses.json",
         progress=not args.quiet,
     )
-    if args.intervention:
+    if args.intervention and args.push_ref is not None:
+        raise HarcError("--push-ref measures the plain model under a fixed push: drop --intervention")
+    if args.push_ref is not None:
+        from .interventions import span_addition_hooks
+
+        slot = args.attack_slot if args.attack_slot is not None else d.selected_layer
+        push = Variant(span_addition_hooks(model, args.push_ref * d.raw("v_ref", slot), slot))
+        result = evaluate_safety(model, tuned=push, attack_slot=slot, **kwargs)
+        result["push_ref"] = {"coefficient": args.push_ref, "slot": slot}
+    elif args.intervention:
         meta = _intervention_meta(args.intervention)
         slot = meta.get("slots") or meta.get("final_slots") or [d.selected_layer]
         with load_intervention(model, args.intervention) as (tuned, base):
@@ -688,6 +697,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ev)
     ev.add_argument("--directions", required=True)
     ev.add_argument("--intervention", default=None, help="a `harc train` output or a peft LoRA adapter")
+    ev.add_argument(
+        "--push-ref",
+        type=float,
+        default=None,
+        help="instead of an intervention, add C x the raw v_ref at the attack slot, at t_inst..t_post and "
+        "every response token, to every prompt: attack success is then the most a confined coupling there "
+        "could restore (a perfectly selective one); over-refusal and KL are the cost of pushing everything",
+    )
     ev.add_argument(
         "--attack-slot",
         type=int,

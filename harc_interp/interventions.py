@@ -67,6 +67,27 @@ def addition_hooks(
     return [(f"blocks.{slot}.hook_resid_pre", lambda resid, site: resid + vec.to(resid.device, resid.dtype))]
 
 
+def span_addition_hooks(
+    model: HarcModel, direction: Float[Tensor, " d_model"], slot: int
+) -> list[tuple[str, HookFn]]:
+    """ActAdd where the coupling edits: `h ← h + v` at the input of block `slot`, only at t_inst … t_post
+    and at every response token. With v = c · raw v_ref (in the plane) it is the push a confined coupling
+    at `slot` gives a prompt it classes as harmful with certainty; its attack success on harmful-like
+    prompts bounds what any plane map at that slot can restore (`harc eval --push-ref c`)."""
+    if not 0 <= slot < model.n_layers:
+        raise HarcError(f"span addition needs a block input slot 0..{model.n_layers - 1}, got {slot}")
+    if not torch.isfinite(direction).all():
+        raise HarcError("steering vector is non-finite")
+    vec = direction.detach().float()
+
+    def fn(resid, site):
+        weights = model.span_weights(resid)  # None: a decoding step, i.e. a response token
+        v = vec.to(resid.device, resid.dtype)
+        return resid + (v if weights is None else v * weights)
+
+    return [(f"blocks.{slot}.hook_resid_pre", fn)]
+
+
 @dataclass
 class Variant:
     """One way to run the model: hooks, plus a context entered around every use (e.g. a LoRA adapter

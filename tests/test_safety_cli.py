@@ -71,6 +71,15 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     texts = [r["response"] for rows in responses.values() for r in rows if len(r["response"]) >= 8]
     assert texts and not any(t in summary for t in texts)
 
+    # The in-plane push bound: the plain model with c · v_ref added where a coupling would edit.
+    push = [*common, "--max-new-tokens", "2", "--push-ref", "2"]
+    assert main(["eval", *push, "--out", str(tmp_path / "push")]) == 0
+    pushed = json.loads((tmp_path / "push" / "eval.json").read_text())
+    assert pushed["push_ref"] == {"coefficient": 2.0, "slot": 2} and pushed["harmless_kl"] > 0
+    intervention = ["--intervention", str(tmp_path / "coupling")]
+    assert main(["eval", *push, *intervention, "--out", str(tmp_path / "both")]) == 2
+    assert "drop --intervention" in capsys.readouterr().err
+
     assert (
         main(
             [
