@@ -6,8 +6,8 @@ suffix) for plain harmful prompts, harmful prompts under white-box single-direct
 harmless and borderline prompts. The objective, in standardised coordinates s (0 = harmless mean,
 1 = plain-harmful mean, per axis (refused or not); harmfulness read at t_inst, refusal at t_post as in HARC):
 
-    harmful-like:  relu(m − s_ref) + relu(m − s_harm) + relu(s⁰ − s) (never lower a read-out: without it
-                   the map pulled already-refused prompts down to the margin and raised plain harmful ASR)
+    harmful-like:  relu(m − s_ref) + relu(m − s_harm) + relu(s⁰ − s) (lowering a read-out costs: with the
+                   hinge alone the map pulled already-refused prompts down to the margin)
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
@@ -390,7 +390,7 @@ def _train_slot(
         zb = zb[:, 0]  # [b, position, 2]
         mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
         s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
-        if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; and never lower a read-out
+        if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; lowering a read-out costs
             before = (oblique_coordinates(e, zb) - lo) / gap
             return (
                 2 * torch.relu(config.margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
