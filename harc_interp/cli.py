@@ -457,6 +457,8 @@ def cmd_eval(args) -> dict:
     from .evaluate import evaluate_safety
     from .interventions import Variant, load_intervention
 
+    if args.intervention and args.push_ref is not None:
+        raise HarcError("--push-ref measures the plain model under a fixed push: drop --intervention")
     model, d = _load_with_directions(args)
     _, ev = _safety_sets(args, d)
     kwargs = dict(
@@ -471,8 +473,6 @@ def cmd_eval(args) -> dict:
         responses_path=Path(args.out) / "responses.json",
         progress=not args.quiet,
     )
-    if args.intervention and args.push_ref is not None:
-        raise HarcError("--push-ref measures the plain model under a fixed push: drop --intervention")
     if args.push_ref is not None:
         from .interventions import span_addition_hooks
 
