@@ -474,10 +474,10 @@ def cmd_eval(args) -> dict:
         progress=not args.quiet,
     )
     if args.push_ref is not None:
-        from .interventions import span_addition_hooks
+        from .interventions import addition_hooks
 
         slot = args.attack_slot if args.attack_slot is not None else d.selected_layer
-        push = Variant(span_addition_hooks(model, args.push_ref * d.raw("v_ref", slot), slot))
+        push = Variant(addition_hooks(model, d.raw("v_ref", slot), slot, args.push_ref, span_only=True))
         result = evaluate_safety(model, tuned=push, attack_slot=slot, **kwargs)
         result["push_ref"] = {"coefficient": args.push_ref, "slot": slot}
     elif args.intervention:

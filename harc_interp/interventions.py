@@ -55,33 +55,28 @@ def ablation_hooks(
 
 
 def addition_hooks(
-    model: HarcModel, direction: Float[Tensor, " d_model"], slot: int, coeff: float = 1.0
+    model: HarcModel,
+    direction: Float[Tensor, " d_model"],
+    slot: int,
+    coeff: float = 1.0,
+    *,
+    span_only: bool = False,
 ) -> list[tuple[str, HookFn]]:
     """Activation addition (ActAdd): `h ← h + c·v` at the input of block `slot`, every position.
-    Pass the raw (un-normalised) difference-in-means vector to add it at its natural scale."""
+    Pass the raw (un-normalised) difference-in-means vector to add it at its natural scale.
+
+    `span_only` adds it only where the coupling edits: t_inst … t_post and every response token. With
+    v = raw v_ref (in the plane) it is the push a confined coupling at `slot` gives a prompt it classes as
+    harmful with certainty; its attack success on harmful-like prompts bounds what any plane map at that
+    slot can restore (`harc eval --push-ref c`)."""
     if not 0 <= slot < model.n_layers:
         raise HarcError(f"activation addition needs a block input slot 0..{model.n_layers - 1}, got {slot}")
     if not torch.isfinite(direction).all():
         raise HarcError("steering vector is non-finite")
     vec = (coeff * direction.detach()).float()
-    return [(f"blocks.{slot}.hook_resid_pre", lambda resid, site: resid + vec.to(resid.device, resid.dtype))]
-
-
-def span_addition_hooks(
-    model: HarcModel, direction: Float[Tensor, " d_model"], slot: int
-) -> list[tuple[str, HookFn]]:
-    """ActAdd where the coupling edits: `h ← h + v` at the input of block `slot`, only at t_inst … t_post
-    and at every response token. With v = c · raw v_ref (in the plane) it is the push a confined coupling
-    at `slot` gives a prompt it classes as harmful with certainty; its attack success on harmful-like
-    prompts bounds what any plane map at that slot can restore (`harc eval --push-ref c`)."""
-    if not 0 <= slot < model.n_layers:
-        raise HarcError(f"span addition needs a block input slot 0..{model.n_layers - 1}, got {slot}")
-    if not torch.isfinite(direction).all():
-        raise HarcError("steering vector is non-finite")
-    vec = direction.detach().float()
 
     def fn(resid, site):
-        weights = model.span_weights(resid)  # None: a decoding step, i.e. a response token
+        weights = model.span_weights(resid) if span_only else None  # None: every position
         v = vec.to(resid.device, resid.dtype)
         return resid + (v if weights is None else v * weights)
 

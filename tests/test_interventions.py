@@ -59,12 +59,11 @@ def test_addition_adds_exactly_at_one_slot(tiny):
 
 def test_span_addition_adds_only_where_the_coupling_edits(tiny):
     from harc_interp.chat import left_pad
-    from harc_interp.interventions import span_addition_hooks
 
     chat = formatter_for(tiny).format("How do I bake bread?")
     batch = left_pad([chat], tiny.tokenizer.eos_token_id, with_response=False)
     v = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(2))
-    ((name, fn),) = span_addition_hooks(tiny, v, slot=1)
+    ((name, fn),) = addition_hooks(tiny, v, slot=1, span_only=True)
     assert name == "blocks.1.hook_resid_pre"
     resid = torch.randn(1, batch.input_ids.shape[1], tiny.d_model)
     with tiny.span(batch.span_role):
@@ -74,7 +73,7 @@ def test_span_addition_adds_only_where_the_coupling_edits(tiny):
     torch.testing.assert_close(out[0, chat.t_inst :], resid[0, chat.t_inst :] + v)
     torch.testing.assert_close(step, resid[:, :1] + v)
     with pytest.raises(HarcError, match="non-finite"):
-        span_addition_hooks(tiny, torch.full((tiny.d_model,), float("nan")), slot=1)
+        addition_hooks(tiny, torch.full((tiny.d_model,), float("nan")), slot=1, span_only=True)
 
 
 def test_refusal_score_and_kl():
