@@ -37,6 +37,24 @@ def _load_prompt_files(paths: list[str], label: str | None, limit: int | None):
     return ps.sample(limit, seed=0) if limit else ps
 
 
+def _load_role(paths: list[str], role: str, limit: int | None):
+    """Prompt files as `role` prompts; rows whose own label says the opposite are left out, loudly."""
+    from .prompts import as_role
+
+    ps, dropped = as_role(_load_prompt_files(paths, None, None), role)
+    if dropped:
+        logging.getLogger(__name__).warning(
+            "left %d rows of %s out of the %s prompts: their own label says otherwise (e.g. %s)",
+            len(dropped),
+            ", ".join(paths),
+            role,
+            dropped[0],
+        )
+    if not ps.prompts:
+        raise HarcError(f"no {role} prompts in {', '.join(paths)}")
+    return ps.sample(limit, seed=0) if limit else ps
+
+
 def _int_list(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -137,8 +155,8 @@ def cmd_directions(args) -> dict:
         seed=args.seed,
         system_prompt=args.system_prompt,
     )
-    harmful = _load_prompt_files(args.harmful, "harmful", None)
-    harmless = _load_prompt_files(args.harmless, "harmless", None)
+    harmful = _load_role(args.harmful, "harmful", None)
+    harmless = _load_role(args.harmless, "harmless", None)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     refusal_tokens = None
     if args.refusal_tokens:
@@ -166,8 +184,8 @@ def cmd_directions(args) -> dict:
 def cmd_run(args) -> dict:
     from .pipeline import run_main
 
-    harmful = _load_prompt_files(args.harmful, "harmful", None) if args.harmful else None
-    harmless = _load_prompt_files(args.harmless, "harmless", None) if args.harmless else None
+    harmful = _load_role(args.harmful, "harmful", None) if args.harmful else None
+    harmless = _load_role(args.harmless, "harmless", None) if args.harmless else None
     summary = run_main(
         args.model,
         args.out,
@@ -333,7 +351,7 @@ def _safety_sets(args, directions):
     drop = directions_training_ids(directions) if args.heldout else set()
 
     def plain(paths, label):
-        ps = _load_prompt_files(paths, label, None)
+        ps = _load_role(paths, label, None)
         kept = PromptSet(ps.name, tuple(p for p in ps.prompts if p.id not in drop))
         if len(kept) < 4:
             raise HarcError(f"only {len(kept)} {label} prompts left after --heldout; pass more prompts")
@@ -507,8 +525,8 @@ def cmd_verify(args) -> dict:
 
     model, d = _load_with_directions(args)
     prompts = {
-        "harmful": _load_prompt_files(args.harmful, "harmful", args.limit),
-        "harmless": _load_prompt_files(args.harmless, "harmless", args.limit),
+        "harmful": _load_role(args.harmful, "harmful", args.limit),
+        "harmless": _load_role(args.harmless, "harmless", args.limit),
     }
     intervened = (
         _intervention_meta(args.intervention).get("slots") or []

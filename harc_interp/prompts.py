@@ -177,6 +177,26 @@ def starter_prompts(kind: str) -> PromptSet:
         return prompts_from_rows(f"starter:{kind}", _rows_from_file(Path(p)))
 
 
+# Row labels on either side of the safe/unsafe line; any other label (None, a category) is neutral.
+SAFE_LABELS = frozenset({"safe", "harmless", "benign", "borderline"})
+UNSAFE_LABELS = frozenset({"unsafe", "harmful", "jailbreak"})
+
+
+def as_role(ps: PromptSet, role: str) -> tuple[PromptSet, tuple[str, ...]]:
+    """`ps` labelled `role` ('harmful', or 'harmless'/'safe'), and the ids of the rows left out because
+    their own label says the opposite. A file of matched pairs (JBB's over-refusal rows: a safe and an
+    unsafe prompt per behaviour) passed as safe prompts must not count its unsafe half as safe."""
+    opposite = UNSAFE_LABELS if role in SAFE_LABELS else SAFE_LABELS if role in UNSAFE_LABELS else None
+    if opposite is None:
+        raise HarcError(
+            f"unknown prompt role {role!r}: expected one of {sorted(SAFE_LABELS | UNSAFE_LABELS)}"
+        )
+    contradicts = [(p.label or "").lower() in opposite for p in ps.prompts]
+    kept = PromptSet(ps.name, tuple(p for p, bad in zip(ps.prompts, contradicts, strict=True) if not bad))
+    dropped = tuple(p.id for p, bad in zip(ps.prompts, contradicts, strict=True) if bad)
+    return PromptSet(kept.name, kept.prompts, ps.templates).with_label(role), dropped
+
+
 def load_prompts(source: str | Path, *, label: str | None = None, limit: int | None = None) -> PromptSet:
     """Load a prompt set from a file, `starter:KIND`, or `hf:DATASET[:SPLIT[:COLUMN]]` (online).
 
