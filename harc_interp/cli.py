@@ -410,6 +410,8 @@ def cmd_train(args) -> dict:
         "position_maps": args.position_maps or None,
         "response_tokens": args.response_tokens,
         "response_margin": args.response_margin,
+        "span_context": args.span_context or None,
+        "validation_fraction": args.validation_fraction,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     given = [f"--{k.replace('_', '-')}" for k in overrides]
@@ -705,6 +707,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="subspace mode: how far harmful-like responses' refusal read-out is pushed above harmless "
         "responses', in t_post harmful-harmless gaps (default 1.0)",
+    )
+    tr.add_argument(
+        "--span-context",
+        action="store_true",
+        help="subspace mode: t_post's and the response map also read the plane coordinates of the whole "
+        "template span (t_inst ... t_post); the other span tokens are left unedited",
+    )
+    tr.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=None,
+        help="subspace mode: share of the training prompts held out of training; train_summary.json "
+        "reports the objective and refusal read-outs on them (default 0)",
     )
     tr.set_defaults(func=cmd_train)
 

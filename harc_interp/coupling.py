@@ -45,18 +45,42 @@ class PlaneMap(nn.Module):
     Response tokens sit elsewhere in the plane than any prompt token, so a map trained on their own
     coordinates replaces extrapolating t_post's.
 
+    With `n_context` > 0 the map also reads the plane coordinates of the first `n_context` span tokens
+    (t_inst … t_post, `context` [*batch, n_context, 2], standardised by `context_mu`/`context_sigma`):
+    f(z, c). Only roles from `first_edited_role` on are edited (t_post and the responses), so every
+    edited token reads only tokens at or before it. One token's coordinates cannot tell a harmful prompt
+    whose refusal was suppressed upstream from a harmless one at t_post; the template span still can.
+    The edit still lies in the plane.
+
     The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen, per
     role) put the coordinates on a unit scale so one learning rate fits every layer."""
 
-    def __init__(self, mu: Tensor, sigma: Tensor, hidden: int = 32, first_response_role: int = -1):
+    def __init__(
+        self,
+        mu: Tensor,
+        sigma: Tensor,
+        hidden: int = 32,
+        first_response_role: int = -1,
+        n_context: int = 0,
+        first_edited_role: int = 0,
+    ):
         super().__init__()
         mu, sigma = mu.float().reshape(-1, 2), sigma.float().reshape(-1, 2)
         n_roles = mu.shape[0]
         if first_response_role >= 0 and n_roles < 2:
             raise HarcError("a response map needs at least one span map besides it")
+        if n_context and first_edited_role < n_context - 1:
+            raise HarcError(
+                f"a map reading {n_context} span tokens may only edit roles from {n_context - 1} on "
+                f"(got {first_edited_role}): an earlier token would read later ones"
+            )
         self.register_buffer("mu", mu.clone())
         self.register_buffer("sigma", sigma.clamp_min(1e-6).clone())
         self.register_buffer("first_response_role", torch.tensor(first_response_role))
+        self.register_buffer("first_edited_role", torch.tensor(first_edited_role))
+        self.register_buffer("context_mu", torch.zeros(n_context, 2))
+        self.register_buffer("context_sigma", torch.ones(n_context, 2))
+        self.w_context = nn.Parameter(torch.zeros(n_roles, 2 * n_context, hidden))
         self.w_in = nn.Parameter(torch.zeros(n_roles, 2, hidden))
         self.b_in = nn.Parameter(torch.zeros(n_roles, hidden))
         self.w_out = nn.Parameter(torch.zeros(n_roles, hidden, 2))
@@ -75,12 +99,28 @@ class PlaneMap(nn.Module):
             return roles.clamp(0, last)
         return torch.where(roles >= first_response, last, roles.clamp(0, last - 1))
 
-    def forward(self, z: Float[Tensor, "*batch 2"], roles: Tensor | None = None) -> Float[Tensor, "*batch 2"]:
-        """`roles` [*batch] (span roles, long) pick each point's map; None: decoding steps (the last map)."""
+    @property
+    def n_context(self) -> int:
+        return self.context_mu.shape[0]
+
+    def forward(
+        self,
+        z: Float[Tensor, "*batch 2"],
+        roles: Tensor | None = None,
+        context: Float[Tensor, "*batch n_context 2"] | None = None,
+    ) -> Float[Tensor, "*batch 2"]:
+        """`roles` [*batch] (span roles, long) pick each point's map; None: decoding steps (the last map).
+        `context`: the span tokens' coordinates each point reads (maps with `n_context` > 0 only)."""
         r = self.map_index(roles, z.shape[:-1], z.device)
         mu, sigma = self.mu[r], self.sigma[r]
         u = (z - mu) / sigma
-        hid = torch.tanh(torch.einsum("...k,...kh->...h", u, self.w_in[r]) + self.b_in[r])
+        pre = torch.einsum("...k,...kh->...h", u, self.w_in[r]) + self.b_in[r]
+        if self.n_context:
+            if context is None or context.shape[-2:] != (self.n_context, 2):
+                raise HarcError(f"this map reads {self.n_context} span tokens' coordinates: pass `context`")
+            c = ((context - self.context_mu) / self.context_sigma).flatten(-2)
+            pre = pre + torch.einsum("...c,...ch->...h", c, self.w_context[r])
+        hid = torch.tanh(pre)
         return z + sigma * (torch.einsum("...h,...hk->...k", hid, self.w_out[r]) + self.b_out[r])
 
 
@@ -96,6 +136,8 @@ class CouplingIntervention(nn.Module):
         hidden: int = 32,
         meta: dict | None = None,
         first_response_role: int = -1,
+        n_context: int = 0,
+        first_edited_role: int = 0,
     ):
         super().__init__()
         if len(slots) != bases.shape[0] or bases.shape[-1] != 2:
@@ -106,7 +148,8 @@ class CouplingIntervention(nn.Module):
         self.hidden = hidden
         self.register_buffer("bases", bases.float().clone())  # [slot, d_model, 2], frozen
         self.maps = nn.ModuleList(
-            PlaneMap(m, s, hidden, first_response_role) for m, s in zip(mus, sigmas, strict=True)
+            PlaneMap(m, s, hidden, first_response_role, n_context, first_edited_role)
+            for m, s in zip(mus, sigmas, strict=True)
         )
         self.meta = dict(meta or {})
 
@@ -120,6 +163,8 @@ class CouplingIntervention(nn.Module):
         hidden: int = 32,
         seed: int = 0,
         first_response_role: int = -1,
+        n_context: int = 0,
+        first_edited_role: int = 0,
     ) -> CouplingIntervention:
         bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
         gen = torch.Generator().manual_seed(seed)
@@ -131,11 +176,16 @@ class CouplingIntervention(nn.Module):
             hidden,
             meta={k: d.meta.get(k) for k in ("model", "model_fingerprint", "template_hash")},
             first_response_role=first_response_role,
+            n_context=n_context,
+            first_edited_role=first_edited_role,
         )
+        fan_in = 2 + 2 * n_context  # unit-variance pre-activations on standardised inputs
         with torch.no_grad():
             for m in module.maps:
-                m.w_in.copy_(torch.randn(m.w_in.shape, generator=gen) / 2**0.5)
+                m.w_in.copy_(torch.randn(m.w_in.shape, generator=gen) / fan_in**0.5)
                 m.b_in.copy_(torch.randn(m.b_in.shape, generator=gen) * 0.5)
+                if n_context:
+                    m.w_context.copy_(torch.randn(m.w_context.shape, generator=gen) / fan_in**0.5)
         return module
 
     def coordinates(self, i: int, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch 2"]:
@@ -147,15 +197,41 @@ class CouplingIntervention(nn.Module):
         resid: Float[Tensor, "batch pos d_model"],
         weights: Tensor | None = None,
         roles: Tensor | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
-        """h + U (f(Uᵀh) − Uᵀh), only where `weights` is 1 (all positions when None); `roles` [batch, pos]
-        are the span roles (None: every position is a response token)."""
+        """h + U (f(Uᵀh) − Uᵀh), only where `weights` is 1 (all positions when None) and the role is one
+        the map edits; `roles` [batch, pos] are the span roles (None: every position is a response token);
+        `context` [batch, pos, n_context, 2] the span coordinates a span-reading map sees at each position."""
+        plane_map = self.maps[i]
         basis = self.bases[i].to(resid.device)
         z = resid.float() @ basis
-        delta = (self.maps[i](z, roles) - z) @ basis.T
+        delta = (plane_map(z, roles, context) - z) @ basis.T
         if weights is not None:
             delta = delta * weights.float()
+        if roles is not None and int(plane_map.first_edited_role) > 0:
+            delta = delta * (roles >= plane_map.first_edited_role)[..., None]
         return (resid.float() + delta).to(resid.dtype)
+
+    def span_context(self, i: int, model: HarcModel, resid: Tensor) -> Tensor:
+        """[batch, pos, n_context, 2]: the span coordinates the map at slot i reads, from this pass when it
+        holds the prompt (kept in `model.span_memory` for the batch's decoding steps), else from memory."""
+        n_context, key = self.maps[i].n_context, ("coupling_span", id(self), i)
+        roles = model.span_roles(resid)
+        if roles is not None:
+            present = torch.stack([(roles == r).any(1) for r in range(n_context)], 1)
+            if not present.all():
+                raise HarcError(f"a span-reading coupling needs all {n_context} span tokens in every prompt")
+            pos = torch.stack([(roles == r).int().argmax(1) for r in range(n_context)], 1)  # [batch, n_ctx]
+            span = self.coordinates(i, resid)[torch.arange(resid.shape[0])[:, None], pos]
+            model.span_memory[key] = span.detach()
+        else:
+            span = (model.span_memory or {}).get(key)
+            if span is None or span.shape[0] != resid.shape[0]:
+                raise HarcError(
+                    "this coupling reads the prompt's template span, so it runs only through harc_interp's "
+                    "forward and generate helpers, which declare the span (model.span)"
+                )
+        return span[:, None].expand(-1, resid.shape[1], -1, -1)
 
     def hooks(self, model: HarcModel) -> list[tuple[str, HookFn]]:
         if self.meta.get("model_fingerprint") not in (None, model.fingerprint):
@@ -168,7 +244,11 @@ class CouplingIntervention(nn.Module):
             )
 
         def hook_for(i: int) -> HookFn:
-            return lambda resid, site: self.edit(i, resid, model.span_weights(resid), model.span_roles(resid))
+            def hook(resid, site):
+                context = self.span_context(i, model, resid) if self.maps[i].n_context else None
+                return self.edit(i, resid, model.span_weights(resid), model.span_roles(resid), context)
+
+            return hook
 
         return [(f"blocks.{s}.hook_resid_pre", hook_for(i)) for i, s in enumerate(self.slots)]
 
@@ -200,16 +280,23 @@ class CouplingIntervention(nn.Module):
         if "maps.0.w_in" not in state:
             raise HarcError(f"{out_dir}/coupling.safetensors was saved by an older harc_interp: retrain it")
         n, n_roles = len(meta["slots"]), state["maps.0.mu"].shape[0]
-        for i in range(n):  # saved before response maps existed: t_post's map serves the responses
+        hidden = meta["hidden"]
+        for i in range(n):  # saved before response maps / span-reading maps existed
             state.setdefault(f"maps.{i}.first_response_role", torch.tensor(-1))
+            state.setdefault(f"maps.{i}.first_edited_role", torch.tensor(0))
+            state.setdefault(f"maps.{i}.context_mu", torch.zeros(0, 2))
+            state.setdefault(f"maps.{i}.context_sigma", torch.ones(0, 2))
+            state.setdefault(f"maps.{i}.w_context", torch.zeros(n_roles, 0, hidden))
         module = cls(
             meta["slots"],
             state["bases"],
             torch.zeros(n, n_roles, 2),
             torch.ones(n, n_roles, 2),
-            meta["hidden"],
+            hidden,
             meta,
             int(state["maps.0.first_response_role"]),
+            state["maps.0.context_mu"].shape[0],
+            int(state["maps.0.first_edited_role"]),
         )
         module.load_state_dict(state)
         return module

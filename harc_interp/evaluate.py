@@ -187,7 +187,8 @@ def evaluate_safety(
     - white-box single-direction suppression: v_ref or v_harm ablated in every block upstream of
       `attack_slot` (what a jailbreak that suppresses one direction does), and at every layer including
       the residual stream (which no in-plane defence can undo: the limit);
-    - over-refusal: refusal rate on borderline (safe) prompts;
+    - over-refusal: refusal rate on borderline (safe) prompts, and on the plain harmless prompts
+      (`harmless_refusal`: borderline sets are small, and a coupling must not refuse plain requests);
     - capability: KL(base ‖ intervened) of next-token distributions on harmless prompts, at t_post
       (`harmless_kl`) and over the base model's own responses, teacher-forced (`harmless_response_kl`).
     """
@@ -249,6 +250,7 @@ def evaluate_safety(
                 attacks[key] = 1 - _mean(refusals(harmful, hooks, key=f"harmful_{key}"))
         result["white_box_asr"] = attacks | {"attack_slot": slot}
     result["over_refusal"] = _mean(refusals(borderline, key="borderline"))
+    result["harmless_refusal"] = _mean(refusals(harmless, key="harmless"))
     chats = fmt.format_many(harmless.texts)
     with base.context():
         lp_base = last_token_logprobs(model, chats, hooks=base.hooks, batch_size=batch_size)

@@ -294,6 +294,7 @@ class HarcModel:
         self.context_length: int | None = getattr(cfg, "max_position_embeddings", None)
         self.blocks = _find_decoder_layers(hf, self.n_layers)
         self.span_role: torch.Tensor | None = None  # [batch, pos] of the running batch, see `span`
+        self.span_memory: dict | None = None  # per-batch state of hooks, see `span`
 
     @property
     def device(self) -> torch.device:
@@ -355,12 +356,17 @@ class HarcModel:
         """Declare which positions of the running batch an intervention may edit, and what they are
         (`Batch.span_role` [batch, pos]: -1 outside, 0 = t_inst, 1, 2, ... after it; the package's forward
         and generate helpers pass it). Hooks read it through `span_weights` and `span_roles`; decoding
-        steps (fewer positions than the prompt) are all in the span, after the prompt."""
-        previous, self.span_role = self.span_role, roles
+        steps (fewer positions than the prompt) are all in the span, after the prompt.
+
+        `span_memory` is a fresh dict for the batch: a hook that must see the prompt again at its decoding
+        steps (a coupling that reads the span's coordinates) keeps it there, and it cannot leak into the
+        next batch."""
+        previous = self.span_role, self.span_memory
+        self.span_role, self.span_memory = roles, ({} if roles is not None else None)
         try:
             yield self
         finally:
-            self.span_role = previous
+            self.span_role, self.span_memory = previous
 
     def span_roles(self, resid: torch.Tensor) -> torch.Tensor | None:
         """[batch, pos] span roles for a residual, or None where unknown (a decoding step, no span)."""

@@ -72,6 +72,13 @@ class SubspaceConfig:
     # harmless responses' mean; harmless-like ones are held below `safe_margin` with retention.
     response_tokens: int = 8
     response_margin: float = 1.0
+    # t_post's and the response map also read the plane coordinates of the whole template span
+    # (t_inst … t_post); the other span tokens are left unedited. At t_post a harmful prompt whose refusal
+    # was suppressed upstream looks harmless in the plane, but the span still tells it apart.
+    span_context: bool = False
+    # Share of each condition's cached prompts held out of training; the summary reports the objective
+    # and read-outs on them, to calibrate margins and retention without touching evaluation prompts.
+    validation_fraction: float = 0.0
     batch_per_condition: int = 64
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates
@@ -261,6 +268,10 @@ def train_subspace(
     n = len(slots)
     if config.response_tokens < 0:
         raise HarcError(f"response_tokens must be >= 0, got {config.response_tokens}")
+    if config.span_context and config.position_maps:
+        raise HarcError("span_context edits only t_post among the span tokens: it has no position maps")
+    if not 0 <= config.validation_fraction < 1:
+        raise HarcError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
     probe = formatter_for(model, config.system_prompt).format("x")
     n_span = probe.n_prompt - probe.t_inst  # t_inst … t_post
     n_roles = (n_span if config.position_maps else 1) + (1 if config.response_tokens else 0)
@@ -272,6 +283,8 @@ def train_subspace(
         config.hidden,
         seed=config.train.seed,
         first_response_role=n_span if config.response_tokens else -1,
+        n_context=n_span if config.span_context else 0,
+        first_edited_role=n_span - 1 if config.span_context else 0,
     )
     stages = []
     for k, slot in enumerate(slots):
@@ -345,6 +358,19 @@ def train_subspace(
     return coupling
 
 
+def _split_rows(
+    coords: dict[str, Tensor], fraction: float, seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(train rows, validation rows) per condition. The permutation depends only on the number of rows,
+    so conditions over the same prompts (plain harmful and its white-box variants) split alike."""
+    train, val = {}, {}
+    for name, z in coords.items():
+        perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
+        n_val = int(z.shape[0] * fraction)
+        train[name], val[name] = perm[n_val:].sort().values, perm[:n_val].sort().values
+    return train, val
+
+
 def _train_slot(
     coupling: CouplingIntervention,
     k: int,
@@ -356,26 +382,41 @@ def _train_slot(
     progress: bool,
 ) -> dict:
     """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]
-    and, with a response map, response-token coordinates [prompt, token, 2] (NaN past a response's end)."""
+    and, with a response map, response-token coordinates [prompt, token, 2] (NaN past a response's end),
+    the same prompts in the same order."""
     slot = coupling.slots[k]
     plane_map = coupling.maps[k]
+    train_rows, val_rows = _split_rows(coords, config.validation_fraction, config.train.seed)
+    held_out = {name: z[val_rows[name]] for name, z in coords.items() if len(val_rows[name])}
+    held_out_responses = {
+        name: z[val_rows[name]] for name, z in (responses or {}).items() if name in held_out
+    }
+    coords = {name: z[train_rows[name]] for name, z in coords.items()}
+    if responses is not None:
+        responses = {name: z[train_rows[name]] for name, z in responses.items()}
     e, lo, hi, separation = standardisation(d, slot, coords)
     n_pos = lo.shape[0]
+    roles = torch.arange(n_pos)
+    edited = roles >= int(plane_map.first_edited_role)
     # HARC's reads: harmfulness at t_inst, refusal at t_post; per-position maps also get every position
-    # and axis where harmful and harmless prompts differ (elsewhere a target would be noise).
+    # and axis where harmful and harmless prompts differ (elsewhere a target would be noise). Only
+    # edited tokens can be moved, so only they are read.
     reads = torch.zeros(n_pos, 2, dtype=torch.bool)
     n_span_maps = plane_map.n_roles - (1 if responses is not None else 0)
     if n_span_maps > 1:
         reads |= separation >= config.min_separation
     reads[0, 0] = reads[-1, 1] = True
+    reads &= edited[:, None]
     gap = torch.where(reads, hi - lo, torch.ones_like(lo))  # unread entries may have no gap at all
-    roles = torch.arange(n_pos)
     span_maps = plane_map.map_index(roles, (n_pos,))
     every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
     with torch.no_grad():
-        for m in range(n_span_maps):  # one map: positions pooled
-            plane_map.mu[m] = every[:, span_maps == m].reshape(-1, 2).mean(0)
-            plane_map.sigma[m] = every[:, span_maps == m].reshape(-1, 2).std(0).clamp_min(1e-6)
+        for m in range(n_span_maps):  # one map: its positions pooled
+            own = every[:, (span_maps == m) & edited].reshape(-1, 2)
+            plane_map.mu[m], plane_map.sigma[m] = own.mean(0), own.std(0).clamp_min(1e-6)
+        if plane_map.n_context:
+            plane_map.context_mu.copy_(every.mean(0))
+            plane_map.context_sigma.copy_(every.std(0).clamp_min(1e-6))
     sigma_span = plane_map.sigma[span_maps]
     if responses is not None:
         valid = {name: ~torch.isnan(z[..., 0]) for name, z in responses.items()}
@@ -386,54 +427,82 @@ def _train_slot(
         with torch.no_grad():
             plane_map.mu[-1], plane_map.sigma[-1] = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
 
+    def map_span(zb: Tensor) -> Tensor:  # [b, position, 2] → mapped; unedited tokens kept
+        context = zb[:, None].expand(-1, n_pos, -1, -1) if plane_map.n_context else None
+        return torch.where(edited[:, None], plane_map(zb, roles.expand(zb.shape[0], -1), context), zb)
+
     def span_loss(name: str, zb: Tensor) -> Tensor:
-        zb = zb[:, 0]  # [b, position, 2]
-        mapped = plane_map(zb, roles.expand(zb.shape[0], -1))
+        mapped = map_span(zb)
         s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
         if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; lowering a read-out costs
             before = (oblique_coordinates(e, zb) - lo) / gap
             return (
                 2 * torch.relu(config.margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
             )
-        retention = ((mapped - zb) / sigma_span).pow(2).sum(-1).mean()
+        retention = ((mapped - zb) / sigma_span).pow(2).sum(-1)[:, edited].mean()
         refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
         return refusal + config.retention_weight * retention
 
-    def response_loss(name: str, zr: Tensor) -> Tensor:
+    def refusal_in_responses(z: Tensor) -> Tensor:  # in t_post's refusal gaps above harmless responses
+        return (oblique_coordinates(e, z)[:, 1] - resp_lo) / gap[-1, 1]
+
+    def map_responses(zr: Tensor, span: Tensor) -> tuple[Tensor, Tensor]:
+        """Response tokens [b, token, 2] (NaN past the end) of prompts with span coordinates [b, position,
+        2] → (valid tokens [n, 2], mapped [n, 2]); the response map serves decoding steps (no roles)."""
         ok = ~torch.isnan(zr[..., 0])
-        if not ok.any():
+        context = span[:, None].expand(-1, zr.shape[1], -1, -1)[ok] if plane_map.n_context else None
+        return zr[ok], plane_map(zr[ok], context=context)
+
+    def response_loss(name: str, zr: Tensor, span: Tensor) -> Tensor:
+        zr, mapped = map_responses(zr, span)
+        if not zr.shape[0]:
             return torch.zeros(())
-        zr = zr[ok]  # [tokens, 2]; the response map serves decoding steps (no roles)
-        mapped = plane_map(zr)
-
-        def refusal(z: Tensor) -> Tensor:  # in t_post's refusal gaps above the harmless responses' mean
-            return (oblique_coordinates(e, z)[:, 1] - resp_lo) / gap[-1, 1]
-
-        s = refusal(mapped)
+        s = refusal_in_responses(mapped)
         if name in HARMFUL_LIKE:
-            return torch.relu(config.response_margin - s).mean() + torch.relu(refusal(zr) - s).mean()
+            return (
+                torch.relu(config.response_margin - s).mean()
+                + torch.relu(refusal_in_responses(zr) - s).mean()
+            )
         retention = ((mapped - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()
         return torch.relu(s - config.safe_margin).mean() + config.retention_weight * retention
 
     def objective(batches: dict[str, Tensor], resp_batches: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        parts = {name: span_loss(name, zb) for name, zb in batches.items()}
-        parts |= {f"{name}_response": response_loss(name, zr) for name, zr in resp_batches.items()}
+        parts = {name: span_loss(name, zb[:, 0]) for name, zb in batches.items()}
+        parts |= {
+            f"{name}_response": response_loss(name, zr, batches[name][:, 0])
+            for name, zr in resp_batches.items()
+        }
         total = sum(parts.values(), torch.zeros(()))
         return total, {name: float(v.detach()) for name, v in parts.items()}
 
     def loss_fn(step: int, gen: torch.Generator):
-        def sample(sets: dict[str, Tensor]) -> dict[str, Tensor]:
-            size = lambda z: (min(config.batch_per_condition, z.shape[0]),)  # noqa: E731
-            return {name: z[torch.randint(z.shape[0], size(z), generator=gen)] for name, z in sets.items()}
+        rows = {
+            name: torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
+            for name, z in coords.items()
+        }  # the same rows for the span and the responses: a span-reading map needs both
+        return objective(
+            {name: coords[name][r] for name, r in rows.items()},
+            {name: z[rows[name]] for name, z in (responses or {}).items()},
+        )
 
-        return objective(sample(coords), sample(responses or {}))
-
-    def full_objective() -> dict[str, float]:  # every cached example: comparable before and after
+    def summary(span_sets: dict[str, Tensor], resp_sets: dict[str, Tensor]) -> dict:
+        """The objective over every given example, and each condition's mean refusal read-outs (t_post,
+        and responses, in t_post's gaps above harmless responses) before → after the map."""
         with torch.no_grad():
-            total, parts = objective(coords, responses or {})
-        return parts | {"total": float(total)}
+            total, parts = objective(span_sets, resp_sets)
+            readouts = {}
+            for name, zb in span_sets.items():
+                z = zb[:, 0]
+                t_post = lambda x: float(((oblique_coordinates(e, x[:, -1]) - lo[-1]) / gap[-1])[:, 1].mean())  # noqa: E731
+                readouts[name] = {"t_post": [round(t_post(z), 3), round(t_post(map_span(z)), 3)]}
+                if name in resp_sets:
+                    zr, mapped = map_responses(resp_sets[name], z)
+                    readouts[name]["responses"] = [
+                        round(float(refusal_in_responses(x).mean()), 3) for x in (zr, mapped)
+                    ]
+        return parts | {"total": float(total), "refusal_readouts": readouts}
 
-    at_init = full_objective()
+    at_init = summary(coords, responses or {})
     separability = plane_separability(coords, (slot,), seed=config.train.seed)
     log_rows = train_loop(
         plane_map,
@@ -443,6 +512,9 @@ def _train_slot(
         progress=progress,
         settings={"slot": slot, **asdict(config)},
     )
+    objective_report = {"at_init": at_init, "trained": summary(coords, responses or {})}
+    if held_out:
+        objective_report["validation"] = summary(held_out, held_out_responses)
     return {
         "separability": separability,
         "standardisation": {
@@ -456,7 +528,8 @@ def _train_slot(
         | {
             f"{name}_response_tokens": int(v.sum())
             for name, v in (valid if responses is not None else {}).items()
-        },
-        "objective": {"at_init": at_init, "trained": full_objective()},
+        }
+        | {f"{name}_validation": int(z.shape[0]) for name, z in held_out.items()},
+        "objective": objective_report,
         "log": log_rows,
     }

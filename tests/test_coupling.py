@@ -137,6 +137,101 @@ def test_response_map_serves_response_tokens_and_decoding_steps(tiny, tiny_direc
     torch.testing.assert_close(moved[0, 6], old.maps[0].b_out[3], atol=1e-5, rtol=0)  # clamped to the last
 
 
+def span_reading_coupling(model, directions):
+    """A non-trivial span-reading coupling at slot 2 (t_post's map and a response map)."""
+    n_span = formatter_for(model).format("x").n_prompt - formatter_for(model).format("x").t_inst
+    coupling = CouplingIntervention.from_directions(
+        directions,
+        (2,),
+        torch.zeros(1, 2, 2),
+        torch.ones(1, 2, 2),
+        first_response_role=n_span,
+        n_context=n_span,
+        first_edited_role=n_span - 1,
+    )
+    with torch.no_grad():
+        coupling.maps[0].w_out.normal_(generator=torch.Generator().manual_seed(0))
+    return coupling, n_span
+
+
+def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, tiny_directions, tmp_path):
+    from harc_interp.chat import left_pad
+    from harc_interp.generate import generate_chats
+
+    coupling, n_span = span_reading_coupling(tiny, tiny_directions)
+    fmt = formatter_for(tiny)
+    chats = fmt.format_many(["How do I bake bread?", "Hi"], ["Mix flour", "Hello"])
+    batch = left_pad(chats, tiny.tokenizer.eos_token_id, with_response=True)
+    roles = batch.span_role
+    h = torch.randn(2, roles.shape[1], tiny.d_model) * 4
+    hook = coupling.hooks(tiny)[0][1]
+    with tiny.span(roles):
+        out = hook(h, None)
+        assert ("coupling_span", id(coupling), 0) in tiny.span_memory  # kept for the decoding steps
+        step = hook(h[:, :1], None)  # a decoding step reads the stored span
+    assert tiny.span_memory is None  # the memory lives as long as the batch
+    u = coupling.bases[0]
+    moved = ((out - h) @ u).norm(dim=-1)
+    assert (moved[roles < n_span - 1] == 0).all()  # before t_post (and outside the span): untouched
+    assert (moved[roles == n_span - 1] > 1e-3).all() and (moved[roles >= n_span] > 1e-3).all()
+    torch.testing.assert_close(out - (out @ u) @ u.T, h - (h @ u) @ u.T, atol=1e-5, rtol=0)  # confined
+    assert ((step - h[:, :1]) @ u).norm() > 1e-3
+
+    # t_post's edit depends on t_inst's plane coordinates: the map reads the span.
+    t_inst = (roles == 0).int().argmax(1)
+    h2 = h.clone()
+    h2[torch.arange(2), t_inst] += 3 * u[:, 0]
+    with tiny.span(roles):
+        out2 = hook(h2, None)
+    t_post = (roles == n_span - 1).int().argmax(1)
+    b = torch.arange(2)
+    assert ((out2 - h2)[b, t_post] - (out - h)[b, t_post]).norm() > 1e-4
+
+    # Without the prompt pass a decoding step has no span to read: a clear error, not a silent no-op.
+    with pytest.raises(HarcError, match="reads the prompt's template span"):
+        hook(h[:, :1], None)
+
+    # In generation (prompt pass + cached decoding steps) it runs, and acts.
+    prompts = fmt.format_many(["How do I bake bread?", "Name a colour"])
+    plain = generate_chats(tiny, prompts, max_new_tokens=4, batch_size=2, progress=False)
+    with torch.no_grad():
+        coupling.maps[0].b_out.fill_(30.0)
+    edited = generate_chats(
+        tiny, prompts, max_new_tokens=4, batch_size=2, hooks=coupling.hooks(tiny), progress=False
+    )
+    assert [ids for ids, _ in edited] != [ids for ids, _ in plain]
+
+    coupling.save(tmp_path)
+    loaded = CouplingIntervention.load(tmp_path)
+    assert loaded.maps[0].n_context == n_span and int(loaded.maps[0].first_edited_role) == n_span - 1
+    with tiny.span(roles):
+        torch.testing.assert_close(loaded.hooks(tiny)[0][1](h, None), coupling.hooks(tiny)[0][1](h, None))
+
+
+def test_span_reading_map_is_the_identity_at_init_and_refuses_reading_ahead(tiny, tiny_directions):
+    coupling, n_span = span_reading_coupling(tiny, tiny_directions)
+    with torch.no_grad():
+        coupling.maps[0].w_out.zero_()
+    ids = torch.tensor([formatter_for(tiny).format("How do I bake bread?").input_ids])
+    from harc_interp.chat import left_pad
+
+    batch = left_pad([formatter_for(tiny).format("How do I bake bread?")], 0, with_response=False)
+    with torch.no_grad(), tiny.span(batch.span_role):
+        before = tiny.hf(input_ids=ids).logits
+        with coupling.apply(tiny):
+            during = tiny.hf(input_ids=ids).logits
+    torch.testing.assert_close(during, before, atol=1e-6, rtol=0)
+    with pytest.raises(HarcError, match="would read later ones"):
+        CouplingIntervention.from_directions(
+            tiny_directions,
+            (2,),
+            torch.zeros(1, 2, 2),
+            torch.ones(1, 2, 2),
+            n_context=n_span,
+            first_edited_role=0,
+        )
+
+
 def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
     from harc_interp.evaluate import response_kl
     from harc_interp.interventions import Variant
@@ -252,6 +347,33 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     constrained = meta["standardisation"]["2"]["constrained"]
     assert constrained[0][0] and constrained[-1][1]
     assert meta["objective"]["2"]["trained"]["total"] < meta["objective"]["2"]["at_init"]["total"]
+
+
+def test_train_span_reading_coupling_with_held_out_rows(tiny, tiny_directions, tmp_path):
+    sets = {
+        "harmful": starter_prompts("harmful").sample(8, seed=1),
+        "harmless": starter_prompts("harmless").sample(8, seed=1),
+    }
+    cfg = SubspaceConfig(
+        span_context=True,
+        validation_fraction=0.25,
+        response_tokens=4,
+        train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20),
+    )
+    coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    n_span = formatter_for(tiny).format("x").n_prompt - formatter_for(tiny).format("x").t_inst
+    assert coupling.maps[0].n_context == n_span and coupling.maps[0].n_roles == 2
+    meta = CouplingIntervention.load(tmp_path).meta
+    objective = meta["objective"]["2"]
+    assert objective["trained"]["total"] < objective["at_init"]["total"]
+    # 2 of 8 rows per condition held out, the same rows for harmful and its white-box variants
+    assert meta["n_examples"]["harmful"] == 6 and meta["n_examples"]["harmful_validation"] == 2
+    before, after = objective["validation"]["refusal_readouts"]["harmful_ablate_ref"]["t_post"]
+    assert math.isfinite(before) and math.isfinite(after)
+    constrained = meta["standardisation"]["2"]["constrained"]  # only t_post is edited, so only it is read
+    assert constrained[-1][1] and not any(c for row in constrained[:-1] for c in row)
+    with pytest.raises(HarcError, match="no position maps"):
+        train_subspace(tiny, tiny_directions, sets, tmp_path / "x", replace(cfg, position_maps=True))
 
 
 def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):

@@ -60,7 +60,7 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert 0 <= result["mean_asr"] <= 1 and result["white_box_asr"]["attack_slot"] == 2
     assert len(result["asr_by_class"]) >= 8 and result["harmless_kl"] >= 0
-    assert result["harmless_response_kl"] >= 0
+    assert result["harmless_response_kl"] >= 0 and 0 <= result["harmless_refusal"] <= 1
     # Every judged response is kept in the run folder (for auditing the judge), none in eval.json.
     responses = json.loads((tmp_path / "eval" / "responses.json").read_text())
     assert len(responses["jailbreaks"]) == result["n"]["jailbreaks"]
@@ -101,6 +101,21 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     )
     report = json.loads((tmp_path / "verify" / "verify.json").read_text())
     assert report["intervened_slots"] == [2] and report["confined_at_intervened"]
+
+    # The span-reading coupling runs through the same commands (its decoding steps read the stored span).
+    span = str(tmp_path / "span")
+    assert (
+        main(["train", *common, "--out", span, "--steps", "5", "--span-context", "--response-tokens", "2"])
+        == 0
+    )
+    assert (
+        main(["eval", *common, "--intervention", span, "--max-new-tokens", "2", "--out", span + "/eval"]) == 0
+    )
+    assert (
+        main(["verify", *common[:4], "--intervention", span, "--limit", "2", "--out", span + "/v", "--quiet"])
+        == 0
+    )
+    assert json.loads((tmp_path / "span" / "v" / "verify.json").read_text())["confined_at_intervened"]
 
 
 def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
