@@ -485,21 +485,34 @@ def _train_slot(
             {name: z[rows[name]] for name, z in (responses or {}).items()},
         )
 
+    def t_post_refusal(z: Tensor) -> float:  # mean, in harmful-harmless gaps
+        return round(float(((oblique_coordinates(e, z[:, -1]) - lo[-1]) / gap[-1])[:, 1].mean()), 3)
+
     def summary(span_sets: dict[str, Tensor], resp_sets: dict[str, Tensor]) -> dict:
-        """The objective over every given example, and each condition's mean refusal read-outs (t_post,
-        and responses, in t_post's gaps above harmless responses) before → after the map."""
+        """The objective over every given example; per condition the mean refusal read-outs before → after
+        the map (t_post; responses in t_post's gaps above harmless responses) and the mean squared movement
+        ‖(f(z) − z) / σ‖² of t_post and of response tokens (what retention charges on safe prompts)."""
         with torch.no_grad():
             total, parts = objective(span_sets, resp_sets)
             readouts = {}
             for name, zb in span_sets.items():
                 z = zb[:, 0]
-                t_post = lambda x: float(((oblique_coordinates(e, x[:, -1]) - lo[-1]) / gap[-1])[:, 1].mean())  # noqa: E731
-                readouts[name] = {"t_post": [round(t_post(z), 3), round(t_post(map_span(z)), 3)]}
+                mapped = map_span(z)
+                row = {
+                    "t_post": [t_post_refusal(z), t_post_refusal(mapped)],
+                    "t_post_movement": round(
+                        float(((mapped - z)[:, -1] / sigma_span[-1]).pow(2).sum(-1).mean()), 4
+                    ),
+                }
                 if name in resp_sets:
-                    zr, mapped = map_responses(resp_sets[name], z)
-                    readouts[name]["responses"] = [
-                        round(float(refusal_in_responses(x).mean()), 3) for x in (zr, mapped)
+                    zr, mapped_r = map_responses(resp_sets[name], z)
+                    row["responses"] = [
+                        round(float(refusal_in_responses(x).mean()), 3) for x in (zr, mapped_r)
                     ]
+                    row["response_movement"] = round(
+                        float(((mapped_r - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()), 4
+                    )
+                readouts[name] = row
         return parts | {"total": float(total), "refusal_readouts": readouts}
 
     at_init = summary(coords, responses or {})
