@@ -410,7 +410,7 @@ def cmd_train(args) -> dict:
         "position_maps": args.position_maps or None,
         "response_tokens": args.response_tokens,
         "response_margin": args.response_margin,
-        "span_context": args.span_context or None,
+        "span_context": args.span_context,
         "validation_fraction": args.validation_fraction,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -710,9 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--span-context",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="subspace mode: t_post's and the response map also read the plane coordinates of the whole "
-        "template span (t_inst ... t_post); the other span tokens are left unedited",
+        "template span (t_inst ... t_post), the other span tokens are left unedited (default: on); "
+        "--no-span-context gives one-token maps f(Uᵀh)",
     )
     tr.add_argument(
         "--validation-fraction",

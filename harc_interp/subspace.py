@@ -74,8 +74,10 @@ class SubspaceConfig:
     response_margin: float = 1.0
     # t_post's and the response map also read the plane coordinates of the whole template span
     # (t_inst … t_post); the other span tokens are left unedited. At t_post a harmful prompt whose refusal
-    # was suppressed upstream looks harmless in the plane, but the span still tells it apart.
-    span_context: bool = False
+    # was suppressed upstream looks harmless in the plane, but the span still tells it apart. On the real
+    # 0.5B model it lifted held-out jailbreaks 3× further than the one-token map while moving safe prompts
+    # 5× less (design notes); False gives the literal f(Uᵀh), one token at a time.
+    span_context: bool = True
     # Share of each condition's cached prompts held out of training; the summary reports the objective
     # and read-outs on them, to calibrate margins and retention without touching evaluation prompts.
     validation_fraction: float = 0.0
@@ -273,7 +275,10 @@ def train_subspace(
     if config.response_tokens < 0:
         raise HarcError(f"response_tokens must be >= 0, got {config.response_tokens}")
     if config.span_context and config.position_maps:
-        raise HarcError("span_context edits only t_post among the span tokens: it has no position maps")
+        raise HarcError(
+            "span_context edits only t_post among the span tokens, so it has no position maps: "
+            "turn it off (span_context=False, --no-span-context) to use position maps"
+        )
     if not 0 <= config.validation_fraction < 1:
         raise HarcError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
     probe = formatter_for(model, config.system_prompt).format("x")

@@ -306,7 +306,10 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
         "harmless": starter_prompts("harmless").sample(8, seed=1),
         "borderline": starter_prompts("borderline").sample(4, seed=1),
     }
-    cfg = SubspaceConfig(train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20))
+    # One-token maps f(Uᵀh) (the span-reading default has a test of its own)
+    cfg = SubspaceConfig(
+        span_context=False, train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20)
+    )
     coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     assert coupling.slots == (2,)
     log = (tmp_path / "log.jsonl").read_text().splitlines()
@@ -439,8 +442,10 @@ def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
         "harmful": starter_prompts("harmful").sample(6, seed=1),
         "harmless": starter_prompts("harmless").sample(6, seed=1),
     }
-    cfg = SubspaceConfig(
-        slots=(2, 1), train=TrainConfig(steps=30, lr=1e-2, log_every=10, checkpoint_every=30)
+    cfg = SubspaceConfig(  # one-token maps: the probe above calls the hooks outside any prompt pass
+        slots=(2, 1),
+        span_context=False,
+        train=TrainConfig(steps=30, lr=1e-2, log_every=10, checkpoint_every=30),
     )
     coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     assert coupling.slots == (1, 2)

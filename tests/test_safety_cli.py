@@ -41,6 +41,9 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     capsys.readouterr()
     splits = json.loads((tmp_path / "coupling" / "splits.json").read_text())
     assert set(splits["eval"]) == {"harmful", "harmless", "borderline", "jailbreaks"}
+    assert json.loads((tmp_path / "coupling" / "coupling.json").read_text())["config"][
+        "span_context"
+    ]  # default
 
     assert (
         main(
@@ -102,20 +105,56 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     report = json.loads((tmp_path / "verify" / "verify.json").read_text())
     assert report["intervened_slots"] == [2] and report["confined_at_intervened"]
 
-    # The span-reading coupling runs through the same commands (its decoding steps read the stored span).
-    span = str(tmp_path / "span")
+    # One-token maps (--no-span-context) run through the same commands.
+    one_token = str(tmp_path / "one_token")
     assert (
-        main(["train", *common, "--out", span, "--steps", "5", "--span-context", "--response-tokens", "2"])
+        main(
+            [
+                "train",
+                *common,
+                "--out",
+                one_token,
+                "--steps",
+                "5",
+                "--no-span-context",
+                "--response-tokens",
+                "2",
+            ]
+        )
         == 0
     )
     assert (
-        main(["eval", *common, "--intervention", span, "--max-new-tokens", "2", "--out", span + "/eval"]) == 0
-    )
-    assert (
-        main(["verify", *common[:4], "--intervention", span, "--limit", "2", "--out", span + "/v", "--quiet"])
+        main(
+            [
+                "eval",
+                *common,
+                "--intervention",
+                one_token,
+                "--max-new-tokens",
+                "2",
+                "--out",
+                one_token + "/eval",
+            ]
+        )
         == 0
     )
-    assert json.loads((tmp_path / "span" / "v" / "verify.json").read_text())["confined_at_intervened"]
+    assert (
+        main(
+            [
+                "verify",
+                *common[:4],
+                "--intervention",
+                one_token,
+                "--limit",
+                "2",
+                "--out",
+                one_token + "/v",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "one_token" / "v" / "verify.json").read_text())["confined_at_intervened"]
 
 
 def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
