@@ -192,9 +192,9 @@ def as_role(ps: PromptSet, role: str) -> tuple[PromptSet, tuple[str, ...]]:
             f"unknown prompt role {role!r}: expected one of {sorted(SAFE_LABELS | UNSAFE_LABELS)}"
         )
     contradicts = [(p.label or "").lower() in opposite for p in ps.prompts]
-    kept = PromptSet(ps.name, tuple(p for p, bad in zip(ps.prompts, contradicts, strict=True) if not bad))
+    kept = tuple(p for p, bad in zip(ps.prompts, contradicts, strict=True) if not bad)
     dropped = tuple(p.id for p, bad in zip(ps.prompts, contradicts, strict=True) if bad)
-    return PromptSet(kept.name, kept.prompts, ps.templates).with_label(role), dropped
+    return PromptSet(ps.name, kept, ps.templates).with_label(role), dropped
 
 
 def load_prompts(source: str | Path, *, label: str | None = None, limit: int | None = None) -> PromptSet:
