@@ -96,8 +96,23 @@ class Activations:
         return cls(resid, tuple(meta["layers"]), tuple(meta["positions"]), tuple(meta["prompt_ids"]), meta)
 
 
-class _StopForward(Exception):
-    """Raised by the last capture hook: nothing after the deepest cached slot needs computing."""
+class StopForward(Exception):
+    """Raised by a capture hook once it has what it needs: the layers after it are not computed."""
+
+
+def forward_batch(model: HarcModel, batch, hooks: Sequence[tuple[str, HookFn]] = ()) -> None:
+    """One no-grad forward pass of a left-padded `Batch` with `hooks` and its span declared; a hook may
+    end it early by raising `StopForward`. Hooks collect what they need; nothing is returned."""
+    device = model.device
+    with torch.no_grad(), model.hooks(hooks), model.span(batch.span_role.to(device)):
+        try:
+            model.hf(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+            )
+        except StopForward:
+            pass
 
 
 def position_names(positions: Sequence[str], n_post: int) -> list[str]:
@@ -178,20 +193,12 @@ def residuals_for_batch(
                     j += k
             out[:, slot_pos] = torch.cat(parts, dim=1).float().cpu()
             if slot == deepest:
-                raise _StopForward
+                raise StopForward
 
         return fn
 
     captures = [(resid_hook_name(s, model.n_layers), capture(i, s)) for i, s in enumerate(slots)]
-    with torch.no_grad(), model.hooks([*hooks, *captures]), model.span(batch.span_role.to(device)):
-        try:
-            model.hf(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                use_cache=False,
-            )
-        except _StopForward:
-            pass
+    forward_batch(model, batch, [*hooks, *captures])
     if not torch.isfinite(out).all():
         raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
     return out

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .activations import CacheConfig, _StopForward, cache_residuals
+from .activations import CacheConfig, StopForward, cache_residuals, forward_batch
 from .artifacts import load_tensors, now, read_json, save_tensors, write_json
 from .chat import formatter_for, left_pad, pad_token_id
 from .coupling import CouplingIntervention, plane_basis_matrix
@@ -173,21 +173,9 @@ def response_coordinates_dataset(
 
             def capture(resid, site, seen=seen):
                 seen["z"] = resid.float() @ basis.to(resid.device)
-                raise _StopForward  # the layers above the slot are not needed
+                raise StopForward  # the layers above the slot are not needed
 
-            with (
-                torch.no_grad(),
-                model.hooks([*run_hooks, (resid_hook_name(slot, model.n_layers), capture)]),
-                model.span(batch.span_role.to(model.device)),
-            ):
-                try:
-                    model.hf(
-                        input_ids=batch.input_ids.to(model.device),
-                        attention_mask=batch.attention_mask.to(model.device),
-                        use_cache=False,
-                    )
-                except _StopForward:
-                    pass
+            forward_batch(model, batch, [*run_hooks, (resid_hook_name(slot, model.n_layers), capture)])
             for b, chat in enumerate(chunk):
                 pos = torch.tensor(chat.response_positions[:n_tokens], dtype=torch.long) + batch.offset[b]
                 coords[start + b, : len(pos)] = seen["z"][b, pos.to(seen["z"].device)].cpu()

@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .activations import StopForward, forward_batch
 from .artifacts import now, versions, write_json, write_jsonl
 from .chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from .directions import Directions
@@ -52,10 +53,6 @@ from .prompts import PromptSet
 log = logging.getLogger(__name__)
 
 RESPONSE_NAMES = ("v_harm_resp", "v_ref_resp")
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook: nothing after the slot is needed."""
 
 
 @dataclass(frozen=True)
@@ -91,17 +88,9 @@ def teacher_forced_residuals(
                 prompt_side[i, 0] = resid[b, off + c.t_inst].float().cpu()
                 prompt_side[i, 1] = resid[b, off + c.t_post].float().cpu()
                 response[i] = resid[b, off + c.n_prompt : off + len(c.all_ids)].float().cpu()
-            raise _StopForward
+            raise StopForward
 
-        with torch.no_grad(), model.hooks([(name, capture)]):
-            try:
-                model.hf(
-                    input_ids=batch.input_ids.to(model.device),
-                    attention_mask=batch.attention_mask.to(model.device),
-                    use_cache=False,
-                )
-            except _StopForward:
-                pass
+        forward_batch(model, batch, [(name, capture)])
     if not torch.isfinite(prompt_side).all() or not all(torch.isfinite(r).all() for r in response):
         raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
     return ForcedResiduals(slot, prompt_side, tuple(response))  # type: ignore[arg-type]
