@@ -407,11 +407,13 @@ def cmd_train(args) -> dict:
     overrides = {
         "retention_weight": args.retention_weight,
         "margin": args.margin,
+        "plain_margin": args.plain_margin,
         "position_maps": args.position_maps or None,
         "response_tokens": args.response_tokens,
         "response_margin": args.response_margin,
         "span_context": args.span_context,
         "validation_fraction": args.validation_fraction,
+        "read_slots": _int_list(args.read_slots),
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     given = [f"--{k.replace('_', '-')}" for k in overrides]
@@ -689,10 +691,17 @@ def build_parser() -> argparse.ArgumentParser:
         "harmful mean (harmless mean = 0; default 0.8; above 1 pushes past the average harmful prompt)",
     )
     tr.add_argument(
+        "--plain-margin",
+        type=float,
+        default=None,
+        help="subspace mode: the margin for plain harmful prompts (default: --margin); the model mostly "
+        "refuses them already, and pushing them hard lifts the borderline prompts next to them",
+    )
+    tr.add_argument(
         "--position-maps",
         action="store_true",
         help="subspace mode: one plane map per span token (t_inst, each template token, t_post) "
-        "instead of one shared map",
+        "instead of one shared map; with the span context each reads the span up to itself",
     )
     tr.add_argument(
         "--response-tokens",
@@ -715,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="subspace mode: t_post's and the response map also read the plane coordinates of the whole "
         "template span (t_inst ... t_post), the other span tokens are left unedited (default: on); "
         "--no-span-context gives one-token maps f(Uᵀh)",
+    )
+    tr.add_argument(
+        "--read-slots",
+        default=None,
+        help="subspace mode with the span context: earlier slots (e.g. 6,10) whose span plane coordinates "
+        "the maps also read; the edit stays at --slots",
     )
     tr.add_argument(
         "--validation-fraction",

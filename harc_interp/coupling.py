@@ -45,12 +45,14 @@ class PlaneMap(nn.Module):
     Response tokens sit elsewhere in the plane than any prompt token, so a map trained on their own
     coordinates replaces extrapolating t_post's.
 
-    With `n_context` > 0 the map also reads the plane coordinates of the first `n_context` span tokens
-    (t_inst … t_post, `context` [*batch, n_context, 2], standardised by `context_mu`/`context_sigma`):
-    f(z, c). Only roles from `first_edited_role` on are edited (t_post and the responses), so every
-    edited token reads only tokens at or before it. One token's coordinates cannot tell a harmful prompt
-    whose refusal was suppressed upstream from a harmless one at t_post; the template span still can.
-    The edit still lies in the plane.
+    With `n_context` > 0 the map also reads `n_context` plane coordinates of span tokens (t_inst … t_post,
+    at its own slot and possibly at earlier ones; `context` [*batch, n_context, 2], standardised by
+    `context_mu`/`context_sigma`; `context_roles` gives each entry's span role): f(z, c). A span token
+    reads only the span tokens at or before it (the rest of `c` is masked to the mean), so the edit is
+    causal at every position; response tokens read the whole span. Only roles from
+    `first_edited_role` on are edited. One token's coordinates cannot tell a harmful prompt whose refusal
+    was suppressed upstream from a harmless one at t_post; the template span still can. The edit still
+    lies in the plane.
 
     The last layer starts at zero, so f is exactly the identity at initialisation; μ, σ (frozen, per
     role) put the coordinates on a unit scale so one learning rate fits every layer."""
@@ -63,23 +65,21 @@ class PlaneMap(nn.Module):
         first_response_role: int = -1,
         n_context: int = 0,
         first_edited_role: int = 0,
+        context_roles: Tensor | None = None,
     ):
         super().__init__()
         mu, sigma = mu.float().reshape(-1, 2), sigma.float().reshape(-1, 2)
         n_roles = mu.shape[0]
         if first_response_role >= 0 and n_roles < 2:
             raise HarcError("a response map needs at least one span map besides it")
-        if n_context and first_edited_role < n_context - 1:
-            raise HarcError(
-                f"a map reading {n_context} span tokens may only edit roles from {n_context - 1} on "
-                f"(got {first_edited_role}): an earlier token would read later ones"
-            )
         self.register_buffer("mu", mu.clone())
         self.register_buffer("sigma", sigma.clamp_min(1e-6).clone())
         self.register_buffer("first_response_role", torch.tensor(first_response_role))
         self.register_buffer("first_edited_role", torch.tensor(first_edited_role))
         self.register_buffer("context_mu", torch.zeros(n_context, 2))
         self.register_buffer("context_sigma", torch.ones(n_context, 2))
+        roles = torch.arange(n_context) if context_roles is None else context_roles.long().clone()
+        self.register_buffer("context_roles", roles)
         self.w_context = nn.Parameter(torch.zeros(n_roles, 2 * n_context, hidden))
         self.w_in = nn.Parameter(torch.zeros(n_roles, 2, hidden))
         self.b_in = nn.Parameter(torch.zeros(n_roles, hidden))
@@ -118,14 +118,23 @@ class PlaneMap(nn.Module):
         if self.n_context:
             if context is None or context.shape[-2:] != (self.n_context, 2):
                 raise HarcError(f"this map reads {self.n_context} span tokens' coordinates: pass `context`")
-            c = ((context - self.context_mu) / self.context_sigma).flatten(-2)
+            c = (context - self.context_mu) / self.context_sigma
+            if roles is not None:  # causal: a span token sees the span only up to itself
+                visible = self.context_roles.to(c.device) <= roles[..., None]
+                c = c * visible[..., None]
+            c = c.flatten(-2)
             pre = pre + torch.einsum("...c,...ch->...h", c, self.w_context[r])
         hid = torch.tanh(pre)
         return z + sigma * (torch.einsum("...h,...hk->...k", hid, self.w_out[r]) + self.b_out[r])
 
 
 class CouplingIntervention(nn.Module):
-    """Plane maps at a few layer slots; `hooks(model)` applies them, `.apply(model)` as a context."""
+    """Plane maps at a few layer slots; `hooks(model)` applies them, `.apply(model)` as a context.
+
+    Span-reading maps (`n_span` > 0) read the plane coordinates of the n_span template-span tokens at
+    their own slot and, with `read_slots`, at those earlier slots too (in each slot's own plane): the
+    harmfulness–refusal trajectory of the span. A jailbreak that looks harmless in one layer's plane is
+    told apart by the path it took there. Reading more never widens the edit: it stays U·(…) at `slots`."""
 
     def __init__(
         self,
@@ -136,8 +145,10 @@ class CouplingIntervention(nn.Module):
         hidden: int = 32,
         meta: dict | None = None,
         first_response_role: int = -1,
-        n_context: int = 0,
+        n_span: int = 0,
         first_edited_role: int = 0,
+        read_slots: Sequence[int] = (),
+        read_bases: Tensor | None = None,
     ):
         super().__init__()
         if len(slots) != bases.shape[0] or bases.shape[-1] != 2:
@@ -145,10 +156,30 @@ class CouplingIntervention(nn.Module):
                 f"need one [d_model, 2] basis per slot, got {tuple(bases.shape)} for {len(slots)} slots"
             )
         self.slots = tuple(int(s) for s in slots)
+        self.read_slots = tuple(int(s) for s in read_slots)
+        if self.read_slots and (not n_span or max(self.read_slots) >= min(self.slots)):
+            raise HarcError(
+                f"read slots {self.read_slots} need a span-reading coupling and must lie upstream of its "
+                f"slots {self.slots}"
+            )
+        if read_bases is None:
+            read_bases = torch.zeros(len(self.read_slots), bases.shape[1], 2)
+        if read_bases.shape != (len(self.read_slots), bases.shape[1], 2):
+            raise HarcError(f"need one [d_model, 2] basis per read slot, got {tuple(read_bases.shape)}")
         self.hidden = hidden
         self.register_buffer("bases", bases.float().clone())  # [slot, d_model, 2], frozen
+        self.register_buffer("read_bases", read_bases.float().clone())  # [read slot, d_model, 2]
+        n_read = len(self.read_slots) + 1  # context order: each read slot's span, then the own slot's
         self.maps = nn.ModuleList(
-            PlaneMap(m, s, hidden, first_response_role, n_context, first_edited_role)
+            PlaneMap(
+                m,
+                s,
+                hidden,
+                first_response_role,
+                n_span * n_read,
+                first_edited_role,
+                torch.arange(n_span).repeat(n_read),
+            )
             for m, s in zip(mus, sigmas, strict=True)
         )
         self.meta = dict(meta or {})
@@ -163,10 +194,12 @@ class CouplingIntervention(nn.Module):
         hidden: int = 32,
         seed: int = 0,
         first_response_role: int = -1,
-        n_context: int = 0,
+        n_span: int = 0,
         first_edited_role: int = 0,
+        read_slots: Sequence[int] = (),
     ) -> CouplingIntervention:
         bases = torch.stack([plane_basis_matrix(d, s) for s in slots])
+        read_bases = torch.stack([plane_basis_matrix(d, s) for s in read_slots]) if read_slots else None
         gen = torch.Generator().manual_seed(seed)
         module = cls(
             slots,
@@ -176,9 +209,12 @@ class CouplingIntervention(nn.Module):
             hidden,
             meta={k: d.meta.get(k) for k in ("model", "model_fingerprint", "template_hash")},
             first_response_role=first_response_role,
-            n_context=n_context,
+            n_span=n_span,
             first_edited_role=first_edited_role,
+            read_slots=read_slots,
+            read_bases=read_bases,
         )
+        n_context = module.maps[0].n_context
         fan_in = 2 + 2 * n_context  # unit-variance pre-activations on standardised inputs
         with torch.no_grad():
             for m in module.maps:
@@ -212,18 +248,32 @@ class CouplingIntervention(nn.Module):
             delta = delta * (roles >= plane_map.first_edited_role)[..., None]
         return (resid.float() + delta).to(resid.dtype)
 
+    @property
+    def n_span(self) -> int:
+        return self.maps[0].n_context // (len(self.read_slots) + 1)
+
+    def _span_coordinates(self, basis: Tensor, resid: Tensor, roles: Tensor) -> Tensor:
+        """[batch, n_span, 2]: the span tokens' coordinates in `basis` (a prompt pass, roles known)."""
+        n_span = self.n_span
+        present = torch.stack([(roles == r).any(1) for r in range(n_span)], 1)
+        if not present.all():
+            raise HarcError(f"a span-reading coupling needs all {n_span} span tokens in every prompt")
+        pos = torch.stack([(roles == r).int().argmax(1) for r in range(n_span)], 1)  # [batch, n_span]
+        z = resid.float() @ basis.to(resid.device)
+        return z[torch.arange(resid.shape[0])[:, None], pos].detach()
+
     def span_context(self, i: int, model: HarcModel, resid: Tensor) -> Tensor:
-        """[batch, pos, n_context, 2]: the span coordinates the map at slot i reads, from this pass when it
-        holds the prompt (kept in `model.span_memory` for the batch's decoding steps), else from memory."""
-        n_context, key = self.maps[i].n_context, ("coupling_span", id(self), i)
+        """[batch, pos, n_context, 2]: the span coordinates the map at slot i reads (at each read slot, then
+        its own), from this pass when it holds the prompt (kept in `model.span_memory` for the batch's
+        decoding steps), else from memory."""
+        key = ("coupling_span", id(self), i)
         roles = model.span_roles(resid)
         if roles is not None:
-            present = torch.stack([(roles == r).any(1) for r in range(n_context)], 1)
-            if not present.all():
-                raise HarcError(f"a span-reading coupling needs all {n_context} span tokens in every prompt")
-            pos = torch.stack([(roles == r).int().argmax(1) for r in range(n_context)], 1)  # [batch, n_ctx]
-            span = self.coordinates(i, resid)[torch.arange(resid.shape[0])[:, None], pos]
-            model.span_memory[key] = span.detach()
+            read = [model.span_memory.get(("coupling_read", id(self), s)) for s in self.read_slots]
+            if any(r is None or r.shape[0] != resid.shape[0] for r in read):
+                raise HarcError(f"the span at read slots {self.read_slots} was not recorded on this pass")
+            span = torch.cat([*read, self._span_coordinates(self.bases[i], resid, roles)], 1)
+            model.span_memory[key] = span
         else:
             span = (model.span_memory or {}).get(key)
             if span is None or span.shape[0] != resid.shape[0]:
@@ -250,7 +300,17 @@ class CouplingIntervention(nn.Module):
 
             return hook
 
-        return [(f"blocks.{s}.hook_resid_pre", hook_for(i)) for i, s in enumerate(self.slots)]
+        def reader_for(j: int) -> HookFn:
+            def read(resid, site):  # records the prompt's span at a read slot; edits nothing
+                roles = model.span_roles(resid)
+                if roles is not None:
+                    key = ("coupling_read", id(self), self.read_slots[j])
+                    model.span_memory[key] = self._span_coordinates(self.read_bases[j], resid, roles)
+
+            return read
+
+        readers = [(f"blocks.{s}.hook_resid_pre", reader_for(j)) for j, s in enumerate(self.read_slots)]
+        return readers + [(f"blocks.{s}.hook_resid_pre", hook_for(i)) for i, s in enumerate(self.slots)]
 
     @contextlib.contextmanager
     def apply(self, model: HarcModel) -> Iterator[HarcModel]:
@@ -266,7 +326,13 @@ class CouplingIntervention(nn.Module):
         write_json(
             out_dir / "coupling.json",
             self.meta
-            | {"slots": list(self.slots), "hidden": self.hidden, "kind": "subspace", "saved": now()},
+            | {
+                "slots": list(self.slots),
+                "read_slots": list(self.read_slots),
+                "hidden": self.hidden,
+                "kind": "subspace",
+                "saved": now(),
+            },
         )
         return out_dir
 
@@ -280,13 +346,16 @@ class CouplingIntervention(nn.Module):
         if "maps.0.w_in" not in state:
             raise HarcError(f"{out_dir}/coupling.safetensors was saved by an older harc_interp: retrain it")
         n, n_roles = len(meta["slots"]), state["maps.0.mu"].shape[0]
-        hidden = meta["hidden"]
+        hidden, read_slots = meta["hidden"], meta.get("read_slots", [])
+        state.setdefault("read_bases", torch.zeros(0, state["bases"].shape[1], 2))
         for i in range(n):  # saved before response maps / span-reading maps existed
             state.setdefault(f"maps.{i}.first_response_role", torch.tensor(-1))
             state.setdefault(f"maps.{i}.first_edited_role", torch.tensor(0))
             state.setdefault(f"maps.{i}.context_mu", torch.zeros(0, 2))
             state.setdefault(f"maps.{i}.context_sigma", torch.ones(0, 2))
             state.setdefault(f"maps.{i}.w_context", torch.zeros(n_roles, 0, hidden))
+            n_context = state[f"maps.{i}.context_mu"].shape[0]
+            state.setdefault(f"maps.{i}.context_roles", torch.arange(n_context))
         module = cls(
             meta["slots"],
             state["bases"],
@@ -295,8 +364,10 @@ class CouplingIntervention(nn.Module):
             hidden,
             meta,
             int(state["maps.0.first_response_role"]),
-            state["maps.0.context_mu"].shape[0],
+            state["maps.0.context_mu"].shape[0] // (len(read_slots) + 1),
             int(state["maps.0.first_edited_role"]),
+            read_slots,
+            state["read_bases"],
         )
         module.load_state_dict(state)
         return module

@@ -59,6 +59,10 @@ class SubspaceConfig:
     hidden: int = 32
     margin: float = 0.8  # harmful-like prompts reach 80% of the way to the plain-harmful mean
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
+    # Plain harmful prompts' margin (None: `margin`). The model already refuses them mostly, and they sit
+    # next to the borderline prompts in the plane, so pushing them as hard as the attacked prompts
+    # (jailbreaks, white-box suppression) lifts the borderline prompts with them.
+    plain_margin: float | None = None
     # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
     retention_weight: float = 1.0
     # One map per span position (t_inst, each template-suffix token; responses use t_post's) instead of
@@ -73,11 +77,17 @@ class SubspaceConfig:
     response_tokens: int = 8
     response_margin: float = 1.0
     # t_post's and the response map also read the plane coordinates of the whole template span
-    # (t_inst … t_post); the other span tokens are left unedited. At t_post a harmful prompt whose refusal
+    # (t_inst … t_post); the other span tokens are left unedited, except with position maps, where
+    # every span token is edited and reads the span up to itself. At t_post a harmful prompt whose refusal
     # was suppressed upstream looks harmless in the plane, but the span still tells it apart. On the real
     # 0.5B model it lifted held-out jailbreaks 3× further than the one-token map while moving safe prompts
     # 5× less (design notes); False gives the issue's literal f(Uᵀh), one token at a time.
     span_context: bool = True
+    # Earlier slots whose span plane coordinates the span-reading maps also read (each in its own slot's
+    # plane): a prompt that looks harmless in one layer's plane is often told apart by where its span sat
+    # a few layers earlier. On the real 0.5B model, jailbreak vs harmless AUROC of a linear read of the
+    # span rises from 0.88 (slot 14) to 0.97 (slots 6, 10, 14) (design notes). The edit stays at `slots`.
+    read_slots: tuple[int, ...] = ()
     # Share of each condition's cached prompts held out of training; the summary reports the objective
     # and read-outs on them, to calibrate margins and retention without touching evaluation prompts.
     validation_fraction: float = 0.0
@@ -262,10 +272,11 @@ def train_subspace(
     n = len(slots)
     if config.response_tokens < 0:
         raise HarcError(f"response_tokens must be >= 0, got {config.response_tokens}")
-    if config.span_context and config.position_maps:
+    read_slots = tuple(sorted(config.read_slots))
+    if read_slots and (not config.span_context or read_slots[0] < 0 or read_slots[-1] >= slots[0]):
         raise HarcError(
-            "span_context edits only t_post among the span tokens, so it has no position maps: "
-            "turn it off (span_context=False, --no-span-context) to use position maps"
+            f"read_slots {read_slots} need span_context and must be block inputs upstream of the first "
+            f"coupling slot {slots[0]}"
         )
     if not 0 <= config.validation_fraction < 1:
         raise HarcError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
@@ -280,14 +291,17 @@ def train_subspace(
         config.hidden,
         seed=config.train.seed,
         first_response_role=n_span if config.response_tokens else -1,
-        n_context=n_span if config.span_context else 0,
-        first_edited_role=n_span - 1 if config.span_context else 0,
+        n_span=n_span if config.span_context else 0,
+        # A shared span-reading map edits t_post only; position maps edit every span token.
+        first_edited_role=n_span - 1 if config.span_context and not config.position_maps else 0,
+        read_slots=read_slots,
     )
     stages = []
     for k, slot in enumerate(slots):
         work = out_dir / "work" if n == 1 else out_dir / "work" / f"slot{slot}"
         key = {
             "slots": list(slots[: k + 1]),
+            **({"read_slots": list(read_slots)} if read_slots else {}),
             "ids": {name: ps.ids for name, ps in sets.items()},
             "fingerprint": model.fingerprint,
             **({"upstream_config": asdict(config)} if k else {}),  # upstream maps depend on it
@@ -299,7 +313,7 @@ def train_subspace(
             coords = plane_coordinates_dataset(
                 model,
                 d,
-                (slot,),
+                (*read_slots, slot),
                 sets,
                 config.batch_size,
                 config.system_prompt,
@@ -378,9 +392,9 @@ def _train_slot(
     out_dir: Path,
     progress: bool,
 ) -> dict:
-    """Train the map at `coupling.slots[k]` on that slot's cached coordinates [prompt, 1, position, 2]
-    and, with a response map, response-token coordinates [prompt, token, 2] (NaN past a response's end),
-    the same prompts in the same order."""
+    """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
+    read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
+    2] (NaN past a response's end), the same prompts in the same order."""
     slot = coupling.slots[k]
     plane_map = coupling.maps[k]
     train_rows, val_rows = _split_rows(coords, config.validation_fraction, config.train.seed)
@@ -391,7 +405,8 @@ def _train_slot(
     coords = {name: z[train_rows[name]] for name, z in coords.items()}
     if responses is not None:
         responses = {name: z[train_rows[name]] for name, z in responses.items()}
-    e, lo, hi, separation = standardisation(d, slot, coords)
+    this_slot = {name: z[:, -1:] for name, z in coords.items()}  # [prompt, 1, position, 2]
+    e, lo, hi, separation = standardisation(d, slot, this_slot)
     n_pos = lo.shape[0]
     roles = torch.arange(n_pos)
     edited = roles >= int(plane_map.first_edited_role)
@@ -406,14 +421,15 @@ def _train_slot(
     reads &= edited[:, None]
     gap = torch.where(reads, hi - lo, torch.ones_like(lo))  # unread entries may have no gap at all
     span_maps = plane_map.map_index(roles, (n_pos,))
-    every = torch.cat([z[:, 0] for z in coords.values()])  # [prompt, position, 2], every condition
+    every = torch.cat([z[:, -1] for z in coords.values()])  # [prompt, position, 2], every condition
     with torch.no_grad():
         for m in range(n_span_maps):  # one map: its positions pooled
             own = every[:, (span_maps == m) & edited].reshape(-1, 2)
             plane_map.mu[m], plane_map.sigma[m] = own.mean(0), own.std(0).clamp_min(1e-6)
         if plane_map.n_context:
-            plane_map.context_mu.copy_(every.mean(0))
-            plane_map.context_sigma.copy_(every.std(0).clamp_min(1e-6))
+            every_read = torch.cat([z.flatten(1, 2) for z in coords.values()])  # [prompt, context, 2]
+            plane_map.context_mu.copy_(every_read.mean(0))
+            plane_map.context_sigma.copy_(every_read.std(0).clamp_min(1e-6))
     sigma_span = plane_map.sigma[span_maps]
     if responses is not None:
         valid = {name: ~torch.isnan(z[..., 0]) for name, z in responses.items()}
@@ -424,18 +440,22 @@ def _train_slot(
         with torch.no_grad():
             plane_map.mu[-1], plane_map.sigma[-1] = pooled.mean(0), pooled.std(0).clamp_min(1e-6)
 
-    def map_span(zb: Tensor) -> Tensor:  # [b, position, 2] → mapped; unedited tokens kept
-        context = zb[:, None].expand(-1, n_pos, -1, -1) if plane_map.n_context else None
+    def map_span(span: Tensor) -> Tensor:  # [b, slot, position, 2] → this slot's, mapped (unedited kept)
+        zb = span[:, -1]
+        context = span.flatten(1, 2)[:, None].expand(-1, n_pos, -1, -1) if plane_map.n_context else None
         return torch.where(edited[:, None], plane_map(zb, roles.expand(zb.shape[0], -1), context), zb)
 
-    def span_loss(name: str, zb: Tensor) -> Tensor:
-        mapped = map_span(zb)
+    def span_loss(name: str, span: Tensor) -> Tensor:
+        zb, mapped = span[:, -1], map_span(span)
         s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
         if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; lowering a read-out costs
             before = (oblique_coordinates(e, zb) - lo) / gap
-            return (
-                2 * torch.relu(config.margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
+            margin = (
+                config.plain_margin
+                if name == "harmful" and config.plain_margin is not None
+                else config.margin
             )
+            return 2 * torch.relu(margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
         retention = ((mapped - zb) / sigma_span).pow(2).sum(-1)[:, edited].mean()
         refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
         return refusal + config.retention_weight * retention
@@ -444,9 +464,10 @@ def _train_slot(
         return (oblique_coordinates(e, z)[:, 1] - resp_lo) / gap[-1, 1]
 
     def map_responses(zr: Tensor, span: Tensor) -> tuple[Tensor, Tensor]:
-        """Response tokens [b, token, 2] (NaN past the end) of prompts with span coordinates [b, position,
-        2] → (valid tokens [n, 2], mapped [n, 2]); the response map serves decoding steps (no roles)."""
+        """Response tokens [b, token, 2] (NaN past the end) of prompts with span coordinates [b, slot,
+        position, 2] → (valid tokens [n, 2], mapped [n, 2]); the response map serves decoding steps."""
         ok = ~torch.isnan(zr[..., 0])
+        span = span.flatten(1, 2)
         context = span[:, None].expand(-1, zr.shape[1], -1, -1)[ok] if plane_map.n_context else None
         return zr[ok], plane_map(zr[ok], context=context)
 
@@ -464,10 +485,9 @@ def _train_slot(
         return torch.relu(s - config.safe_margin).mean() + config.retention_weight * retention
 
     def objective(batches: dict[str, Tensor], resp_batches: dict[str, Tensor]) -> tuple[Tensor, dict]:
-        parts = {name: span_loss(name, zb[:, 0]) for name, zb in batches.items()}
+        parts = {name: span_loss(name, span) for name, span in batches.items()}
         parts |= {
-            f"{name}_response": response_loss(name, zr, batches[name][:, 0])
-            for name, zr in resp_batches.items()
+            f"{name}_response": response_loss(name, zr, batches[name]) for name, zr in resp_batches.items()
         }
         total = sum(parts.values(), torch.zeros(()))
         return total, {name: float(v.detach()) for name, v in parts.items()}
@@ -492,9 +512,8 @@ def _train_slot(
         with torch.no_grad():
             total, parts = objective(span_sets, resp_sets)
             readouts = {}
-            for name, zb in span_sets.items():
-                z = zb[:, 0]
-                mapped = map_span(z)
+            for name, span in span_sets.items():
+                z, mapped = span[:, -1], map_span(span)
                 row = {
                     "t_post": [t_post_refusal(z), t_post_refusal(mapped)],
                     "t_post_movement": round(
@@ -502,7 +521,7 @@ def _train_slot(
                     ),
                 }
                 if name in resp_sets:
-                    zr, mapped_r = map_responses(resp_sets[name], z)
+                    zr, mapped_r = map_responses(resp_sets[name], span)
                     row["responses"] = [
                         round(float(refusal_in_responses(x).mean()), 3) for x in (zr, mapped_r)
                     ]
@@ -513,7 +532,7 @@ def _train_slot(
         return parts | {"total": float(total), "refusal_readouts": readouts}
 
     at_init = summary(coords, responses or {})
-    separability = plane_separability(coords, (slot,), seed=config.train.seed)
+    separability = plane_separability(this_slot, (slot,), seed=config.train.seed)
     log_rows = train_loop(
         plane_map,
         loss_fn,

@@ -146,7 +146,7 @@ def span_reading_coupling(model, directions):
         torch.zeros(1, 2, 2),
         torch.ones(1, 2, 2),
         first_response_role=n_span,
-        n_context=n_span,
+        n_span=n_span,
         first_edited_role=n_span - 1,
     )
     with torch.no_grad():
@@ -208,7 +208,7 @@ def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, t
         torch.testing.assert_close(loaded.hooks(tiny)[0][1](h, None), coupling.hooks(tiny)[0][1](h, None))
 
 
-def test_span_reading_map_is_the_identity_at_init_and_refuses_reading_ahead(tiny, tiny_directions):
+def test_span_reading_map_is_the_identity_at_init(tiny, tiny_directions):
     coupling, n_span = span_reading_coupling(tiny, tiny_directions)
     with torch.no_grad():
         coupling.maps[0].w_out.zero_()
@@ -221,15 +221,97 @@ def test_span_reading_map_is_the_identity_at_init_and_refuses_reading_ahead(tiny
         with coupling.apply(tiny):
             during = tiny.hf(input_ids=ids).logits
     torch.testing.assert_close(during, before, atol=1e-6, rtol=0)
-    with pytest.raises(HarcError, match="would read later ones"):
+
+
+def test_span_reading_position_maps_edit_every_span_token_causally(tiny, tiny_directions):
+    # One map per span token plus a response map, all reading the span: a token's edit may depend on
+    # the span tokens at or before it, never on later ones (their coordinates at this layer come from
+    # the future of that token, which a decoding-time cache would not have either).
+    n_span = 4
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions,
+        (2,),
+        torch.zeros(1, n_span + 1, 2),
+        torch.ones(1, n_span + 1, 2),
+        first_response_role=n_span,
+        n_span=n_span,
+        first_edited_role=0,
+    )
+    with torch.no_grad():
+        coupling.maps[0].w_out.normal_(generator=torch.Generator().manual_seed(0))
+    u = coupling.bases[0]
+    roles = torch.tensor([[-1, 0, 1, 2, 3, 4, 5]])  # before the span, the span, two response tokens
+    h = torch.randn(1, 7, tiny.d_model) * 4
+    span = lambda x: (x @ u)[:, 1:5][:, None].expand(-1, 7, -1, -1)  # noqa: E731
+
+    def edit(x):
+        return coupling.edit(0, x, (roles >= 0).float()[..., None], roles, span(x)) - x
+
+    base = edit(h)
+    assert ((base @ u).norm(dim=-1)[0, 1:] > 1e-4).all()  # every span and response token is edited
+    for changed in range(1, 5):  # move one span token (positions 1..4 = roles 0..3) within the plane
+        h2 = h.clone()
+        h2[0, changed] += 2 * u[:, 0]
+        moved = (edit(h2) - base).norm(dim=-1)[0]
+        assert (moved[1:changed] < 1e-6).all()  # earlier tokens do not read it
+        assert (moved[changed:] > 1e-5).all()  # it and every later token (responses included) do
+
+
+def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, tiny_directions, tmp_path):
+    from harc_interp.chat import left_pad
+    from harc_interp.generate import generate_chats
+
+    n_span = formatter_for(tiny).format("x").n_prompt - formatter_for(tiny).format("x").t_inst
+    kwargs = dict(first_response_role=n_span, n_span=n_span, first_edited_role=n_span - 1)
+    with pytest.raises(HarcError, match="upstream"):
         CouplingIntervention.from_directions(
-            tiny_directions,
-            (2,),
-            torch.zeros(1, 2, 2),
-            torch.ones(1, 2, 2),
-            n_context=n_span,
-            first_edited_role=0,
+            tiny_directions, (2,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2), read_slots=(2,), **kwargs
         )
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions, (2,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2), read_slots=(1,), **kwargs
+    )
+    with torch.no_grad():
+        coupling.maps[0].w_out.normal_(generator=torch.Generator().manual_seed(0))
+    assert coupling.maps[0].n_context == 2 * n_span
+    (read_name, reader), (edit_name, editor) = coupling.hooks(tiny)
+    assert (read_name, edit_name) == ("blocks.1.hook_resid_pre", "blocks.2.hook_resid_pre")
+    fmt = formatter_for(tiny)
+    batch = left_pad(fmt.format_many(["How do I bake bread?", "Hi"]), 0, with_response=False)
+    roles, b = batch.span_role, torch.arange(2)
+    t_inst, t_post = (roles == 0).int().argmax(1), (roles == n_span - 1).int().argmax(1)
+    h1, h2 = torch.randn(2, roles.shape[1], tiny.d_model), torch.randn(2, roles.shape[1], tiny.d_model)
+
+    def t_post_edit(at_read_slot):
+        with tiny.span(roles):
+            assert reader(at_read_slot, None) is None  # it only records
+            return (editor(h2, None) - h2)[b, t_post]
+
+    base = t_post_edit(h1)
+    assert base.norm() > 1e-4
+    u_read, moved, off_plane = coupling.read_bases[0], h1.clone(), h1.clone()
+    moved[b, t_inst] += 3 * u_read[:, 0]  # t_inst's harmfulness at the read slot
+    w = torch.randn(tiny.d_model)
+    w = w - u_read @ (u_read.T @ w)  # orthogonal to the read slot's plane
+    off_plane[b, t_inst] += 3 * w / w.norm()
+    assert (t_post_edit(moved) - base).norm() > 1e-4  # the read slot's plane coordinates are read
+    torch.testing.assert_close(t_post_edit(off_plane), base, atol=1e-5, rtol=0)  # nothing else is
+    with tiny.span(roles), pytest.raises(HarcError, match="not recorded"):
+        editor(h2, None)  # the read slot's pass is missing
+
+    coupling.save(tmp_path)
+    loaded = CouplingIntervention.load(tmp_path)
+    assert loaded.read_slots == (1,)
+    with tiny.span(roles):
+        loaded.hooks(tiny)[0][1](h1, None)
+        torch.testing.assert_close((loaded.hooks(tiny)[1][1](h2, None) - h2)[b, t_post], base)
+    prompts = fmt.format_many(["How do I bake bread?", "Name a colour"])
+    plain = generate_chats(tiny, prompts, max_new_tokens=4, batch_size=2, progress=False)
+    with torch.no_grad():
+        coupling.maps[0].b_out.fill_(30.0)
+    edited = generate_chats(
+        tiny, prompts, max_new_tokens=4, batch_size=2, hooks=coupling.hooks(tiny), progress=False
+    )
+    assert [ids for ids, _ in edited] != [ids for ids, _ in plain]
 
 
 def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
@@ -375,8 +457,19 @@ def test_train_span_reading_coupling_with_held_out_rows(tiny, tiny_directions, t
     assert math.isfinite(before) and math.isfinite(after)
     constrained = meta["standardisation"]["2"]["constrained"]  # only t_post is edited, so only it is read
     assert constrained[-1][1] and not any(c for row in constrained[:-1] for c in row)
-    with pytest.raises(HarcError, match="no position maps"):
-        train_subspace(tiny, tiny_directions, sets, tmp_path / "x", replace(cfg, position_maps=True))
+    # Read slots: the maps also read the span at slot 1, cached beside slot 2's coordinates.
+    read = train_subspace(tiny, tiny_directions, sets, tmp_path / "read", replace(cfg, read_slots=(1,)))
+    assert read.read_slots == (1,) and read.maps[0].n_context == 2 * n_span
+    from harc_interp.artifacts import load_tensors
+
+    assert load_tensors(tmp_path / "read" / "work" / "coordinates.safetensors")["harmful"].shape[1] == 2
+    objective = CouplingIntervention.load(tmp_path / "read").meta["objective"]["2"]
+    assert objective["trained"]["total"] < objective["at_init"]["total"]
+    with pytest.raises(HarcError, match="upstream"):
+        train_subspace(tiny, tiny_directions, sets, tmp_path / "y", replace(cfg, read_slots=(2,)))
+    # With position maps every span token is edited, each reading the span up to itself.
+    every = train_subspace(tiny, tiny_directions, sets, tmp_path / "x", replace(cfg, position_maps=True))
+    assert every.maps[0].n_roles == n_span + 1 and int(every.maps[0].first_edited_role) == 0
 
 
 def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):
@@ -403,6 +496,35 @@ def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(
     cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1))
     out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path, progress=False)
     assert out["objective"]["at_init"]["harmful"] > 1e-3
+
+
+def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones(tiny_directions, tmp_path):
+    from harc_interp.subspace import _train_slot, standardisation
+
+    # Plain harmful and jailbreak prompts both sit at the harmful mean (s = 1) and the map is the identity:
+    # with margin 2 both are charged; with plain_margin 1 only the jailbreaks are.
+    gen = torch.Generator().manual_seed(0)
+    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
+    e, *_ = standardisation(tiny_directions, 2, unit)
+    to_plane = torch.linalg.inv(e)
+
+    def prompts(n, level):
+        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
+
+    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0), "jailbreak": prompts(16, 1.0)}
+
+    def at_init(**kw):
+        coupling = CouplingIntervention.from_directions(
+            tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
+        )
+        cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **kw)
+        out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path / str(kw), progress=False)
+        return out["objective"]["at_init"]
+
+    both = at_init(margin=2.0)
+    apart = at_init(margin=2.0, plain_margin=1.0)
+    assert both["harmful"] > 0.5 and both["jailbreak"] > 0.5
+    assert apart["harmful"] < 0.05 and apart["jailbreak"] == pytest.approx(both["jailbreak"])
 
 
 def test_plane_separability_sees_shifted_and_identical_conditions():

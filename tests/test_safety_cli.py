@@ -37,13 +37,16 @@ def test_safety_splits_share_no_goal():
 def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
-    assert main(["train", *common, "--out", str(tmp_path / "coupling"), "--steps", "20"]) == 0
+    # The span-reading map (default) also reading slot 1, with a plain-harmful margin of its own; eval
+    # and verify below run it through generation and the residual comparison.
+    train = ["--steps", "20", "--read-slots", "1", "--plain-margin", "0.6"]
+    assert main(["train", *common, "--out", str(tmp_path / "coupling"), *train]) == 0
     capsys.readouterr()
     splits = json.loads((tmp_path / "coupling" / "splits.json").read_text())
     assert set(splits["eval"]) == {"harmful", "harmless", "borderline", "jailbreaks"}
-    assert json.loads((tmp_path / "coupling" / "coupling.json").read_text())["config"][
-        "span_context"
-    ]  # default
+    saved = json.loads((tmp_path / "coupling" / "coupling.json").read_text())
+    assert saved["config"]["span_context"] and saved["read_slots"] == [1]
+    assert saved["config"]["plain_margin"] == 0.6
 
     assert (
         main(
