@@ -7,8 +7,11 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
 1 = plain-harmful mean, per axis (refused or not); harmfulness read at t_inst, refusal at t_post as in HARC):
 
     harmful-like:  relu(m − s_ref) + relu(m − s_harm) + relu(s⁰ − s) (lowering a read-out costs: with the
-                   hinge alone the map pulled already-refused prompts down to the margin)
+                   hinge alone the map pulled already-refused prompts down to the margin); m is
+                   `plain_margin` for plain harmful prompts when set
     harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
+
+Span-reading maps also read the span's coordinates at `read_slots` (cached beside the slot's own).
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
 Response tokens have a map of their own (`response_tokens` > 0), trained on the model's own first
