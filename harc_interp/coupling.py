@@ -224,9 +224,6 @@ class CouplingIntervention(nn.Module):
                     m.w_context.copy_(torch.randn(m.w_context.shape, generator=gen) / fan_in**0.5)
         return module
 
-    def coordinates(self, i: int, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch 2"]:
-        return resid.float() @ self.bases[i].to(resid.device)
-
     def edit(
         self,
         i: int,

@@ -154,9 +154,22 @@ def span_reading_coupling(model, directions):
     return coupling, n_span
 
 
+def assert_generation_acts(model, coupling):
+    """Through generation (prompt pass + cached decoding steps) the coupling runs, and a strong map acts."""
+    from harc_interp.generate import generate_chats
+
+    prompts = formatter_for(model).format_many(["How do I bake bread?", "Name a colour"])
+    plain = generate_chats(model, prompts, max_new_tokens=4, batch_size=2, progress=False)
+    with torch.no_grad():
+        coupling.maps[0].b_out.fill_(30.0)
+    edited = generate_chats(
+        model, prompts, max_new_tokens=4, batch_size=2, hooks=coupling.hooks(model), progress=False
+    )
+    assert [ids for ids, _ in edited] != [ids for ids, _ in plain]
+
+
 def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, tiny_directions, tmp_path):
     from harc_interp.chat import left_pad
-    from harc_interp.generate import generate_chats
 
     coupling, n_span = span_reading_coupling(tiny, tiny_directions)
     fmt = formatter_for(tiny)
@@ -192,14 +205,7 @@ def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, t
         hook(h[:, :1], None)
 
     # In generation (prompt pass + cached decoding steps) it runs, and acts.
-    prompts = fmt.format_many(["How do I bake bread?", "Name a colour"])
-    plain = generate_chats(tiny, prompts, max_new_tokens=4, batch_size=2, progress=False)
-    with torch.no_grad():
-        coupling.maps[0].b_out.fill_(30.0)
-    edited = generate_chats(
-        tiny, prompts, max_new_tokens=4, batch_size=2, hooks=coupling.hooks(tiny), progress=False
-    )
-    assert [ids for ids, _ in edited] != [ids for ids, _ in plain]
+    assert_generation_acts(tiny, coupling)
 
     coupling.save(tmp_path)
     loaded = CouplingIntervention.load(tmp_path)
@@ -259,7 +265,6 @@ def test_span_reading_position_maps_edit_every_span_token_causally(tiny, tiny_di
 
 def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, tiny_directions, tmp_path):
     from harc_interp.chat import left_pad
-    from harc_interp.generate import generate_chats
 
     n_span = formatter_for(tiny).format("x").n_prompt - formatter_for(tiny).format("x").t_inst
     kwargs = dict(first_response_role=n_span, n_span=n_span, first_edited_role=n_span - 1)
@@ -304,14 +309,7 @@ def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, 
     with tiny.span(roles):
         loaded.hooks(tiny)[0][1](h1, None)
         torch.testing.assert_close((loaded.hooks(tiny)[1][1](h2, None) - h2)[b, t_post], base)
-    prompts = fmt.format_many(["How do I bake bread?", "Name a colour"])
-    plain = generate_chats(tiny, prompts, max_new_tokens=4, batch_size=2, progress=False)
-    with torch.no_grad():
-        coupling.maps[0].b_out.fill_(30.0)
-    edited = generate_chats(
-        tiny, prompts, max_new_tokens=4, batch_size=2, hooks=coupling.hooks(tiny), progress=False
-    )
-    assert [ids for ids, _ in edited] != [ids for ids, _ in plain]
+    assert_generation_acts(tiny, coupling)
 
 
 def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
