@@ -408,9 +408,11 @@ def cmd_train(args) -> dict:
         "retention_weight": args.retention_weight,
         "margin": args.margin,
         "plain_margin": args.plain_margin,
+        "safe_raise_weight": args.safe_raise_weight,
         "position_maps": args.position_maps or None,
         "response_tokens": args.response_tokens,
         "response_margin": args.response_margin,
+        "plain_response_margin": args.plain_response_margin,
         "span_context": args.span_context,
         "validation_fraction": args.validation_fraction,
         "read_slots": _int_list(args.read_slots),
@@ -491,6 +493,8 @@ def cmd_eval(args) -> dict:
         directions=d,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
+        samples=args.samples,
+        seed=args.sample_seed,
         system_prompt=args.system_prompt,
         responses_path=Path(args.out) / "responses.json",
         progress=not args.quiet,
@@ -698,6 +702,20 @@ def build_parser() -> argparse.ArgumentParser:
         "refuses them already, and pushing them hard lifts the borderline prompts next to them",
     )
     tr.add_argument(
+        "--plain-response-margin",
+        type=float,
+        default=None,
+        help="subspace mode: the response margin for plain harmful prompts (default: --response-margin); "
+        "0 only keeps their responses' refusal from falling (pushing them lifted borderline responses)",
+    )
+    tr.add_argument(
+        "--safe-raise-weight",
+        type=float,
+        default=None,
+        help="subspace mode: cost per gap of raising a harmless or borderline prompt's refusal read-out "
+        "at all (default 0: only rises above the safe margin cost, besides retention)",
+    )
+    tr.add_argument(
         "--position-maps",
         action="store_true",
         help="subspace mode: one plane map per span token (t_inst, each template token, t_post) "
@@ -763,6 +781,14 @@ def build_parser() -> argparse.ArgumentParser:
         "selected layer); use the same slot for every variant you compare",
     )
     ev.add_argument("--max-new-tokens", type=int, default=24)
+    ev.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="also judge this many sampled responses per borderline and harmless prompt (the model's own "
+        "sampling settings): over-refusal at a finer grain than one greedy answer each",
+    )
+    ev.add_argument("--sample-seed", type=int, default=0, help="seed for --samples")
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=cmd_eval)
 

@@ -175,6 +175,8 @@ def evaluate_safety(
     judge: Judge = DEFAULT_JUDGE,
     max_new_tokens: int = 24,
     batch_size: int = 16,
+    samples: int = 0,
+    seed: int = 0,
     system_prompt: str | None = None,
     responses_path: str | Path | None = None,
     progress: bool = True,
@@ -189,6 +191,9 @@ def evaluate_safety(
       the residual stream (which no in-plane defence can undo: the limit);
     - over-refusal: refusal rate on borderline (safe) prompts, and on the plain harmless prompts
       (`harmless_refusal`: borderline sets are small, and a coupling must not refuse plain requests);
+      with `samples` > 0 also the mean refusal rate over that many sampled responses per prompt (the
+      model's own sampling settings, seeded): greedy decoding turns a prompt whose first token is a
+      near tie into a coin flip that any edit can turn over, and one prompt of 12 is 8 points;
     - capability: KL(base ‖ intervened) of next-token distributions on harmless prompts, at t_post
       (`harmless_kl`) and over the base model's own responses, teacher-forced (`harmless_response_kl`).
     """
@@ -201,21 +206,25 @@ def evaluate_safety(
 
     responses: dict[str, list[dict]] = {}
 
-    def refusals(ps: PromptSet, extra=(), key: str = "") -> list[bool]:
+    def refusals(ps: PromptSet, extra=(), key: str = "", n_samples: int = 0) -> list[bool]:
+        """Greedy (n_samples 0: one flag per prompt) or sampled (n_samples flags per prompt, in order)."""
+        copies = max(n_samples, 1)
         with tuned.context():
             outs = generate_chats(
                 model,
-                fmt.format_many(ps.texts),
+                fmt.format_many([t for t in ps.texts for _ in range(copies)]),
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 hooks=[*tuned.hooks, *extra],
+                do_sample=n_samples > 0,
+                seed=seed if n_samples else None,
                 progress=progress,
             )
         texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
         flags = [judge(t) for t in texts]
         responses[key] = [
             {"id": p.id, "response": t, "refusal": f}
-            for p, t, f in zip(ps.prompts, texts, flags, strict=True)
+            for p, t, f in zip([p for p in ps.prompts for _ in range(copies)], texts, flags, strict=True)
         ]
         return flags
 
@@ -227,6 +236,7 @@ def evaluate_safety(
             "harmless": len(harmless),
         },
         "max_new_tokens": max_new_tokens,
+        "samples": samples,
     }
     flags = refusals(jailbreaks, key="jailbreaks")
     classes = sorted({p.attack_class or "unknown" for p in jailbreaks})
@@ -251,6 +261,13 @@ def evaluate_safety(
         result["white_box_asr"] = attacks | {"attack_slot": slot}
     result["over_refusal"] = _mean(refusals(borderline, key="borderline"))
     result["harmless_refusal"] = _mean(refusals(harmless, key="harmless"))
+    if samples:
+        result["over_refusal_sampled"] = _mean(
+            refusals(borderline, key="borderline_sampled", n_samples=samples)
+        )
+        result["harmless_refusal_sampled"] = _mean(
+            refusals(harmless, key="harmless_sampled", n_samples=samples)
+        )
     chats = fmt.format_many(harmless.texts)
     with base.context():
         lp_base = last_token_logprobs(model, chats, hooks=base.hooks, batch_size=batch_size)

@@ -9,14 +9,16 @@ harmless and borderline prompts. The objective, in standardised coordinates s (0
     harmful-like:  relu(m − s_ref) + relu(m − s_harm) + relu(s⁰ − s) (lowering a read-out costs: with the
                    hinge alone the map pulled already-refused prompts down to the margin); m is
                    `plain_margin` for plain harmful prompts when set
-    harmless-like: relu(s_ref − m_safe) + λ · ‖(f(z) − z) / σ‖²  (retention)
+    harmless-like: relu(s_ref − m_safe) + ρ · relu(s_ref − s⁰_ref) + λ · ‖(f(z) − z) / σ‖²  (retention;
+                   ρ = `safe_raise_weight` charges any rise of a safe prompt's refusal read-out)
 
 Span-reading maps also read the span's coordinates at `read_slots` (cached beside the slot's own).
 
 Borderline prompts are about harmful topics, so only their refusal coordinate is constrained.
 Response tokens have a map of their own (`response_tokens` > 0), trained on the model's own first
 response tokens under every condition with the refusal read-out only: harmful-like responses pushed
-`response_margin` t_post gaps above the harmless responses' mean, harmless-like ones held as above.
+`response_margin` t_post gaps above the harmless responses' mean (plain harmful ones
+`plain_response_margin` when set), harmless-like ones held as above.
 With `position_maps`, each span token gets a map of its own and is standardised on its own; the same
 hinges then also apply at every token and axis where plain harmful and harmless prompts differ.
 
@@ -62,6 +64,10 @@ class SubspaceConfig:
     hidden: int = 32
     margin: float = 0.8  # harmful-like prompts reach 80% of the way to the plain-harmful mean
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
+    # Cost per gap of raising a harmless/borderline prompt's refusal read-out at all (the mirror of the
+    # harmful-like "lowering costs"). The margin hinge is free below `safe_margin`, and retention is
+    # quadratic, so small rises on prompts the model answers only just were nearly free.
+    safe_raise_weight: float = 0.0
     # Plain harmful prompts' margin (None: `margin`). The model already refuses them mostly, and they sit
     # next to the borderline prompts in the plane, so pushing them as hard as the attacked prompts
     # (jailbreaks, white-box suppression) lifts the borderline prompts with them.
@@ -79,6 +85,8 @@ class SubspaceConfig:
     # harmless responses' mean; harmless-like ones are held below `safe_margin` with retention.
     response_tokens: int = 8
     response_margin: float = 1.0
+    # Plain harmful prompts' response margin (None: `response_margin`), for the same reason as `plain_margin`.
+    plain_response_margin: float | None = None
     # t_post's and the response map also read the plane coordinates of the whole template span
     # (t_inst … t_post); the other span tokens are left unedited, except with position maps, where
     # every span token is edited and reads the span up to itself. At t_post a harmful prompt whose refusal
@@ -448,20 +456,20 @@ def _train_slot(
         context = span.flatten(1, 2)[:, None].expand(-1, n_pos, -1, -1) if plane_map.n_context else None
         return torch.where(edited[:, None], plane_map(zb, roles.expand(zb.shape[0], -1), context), zb)
 
+    def own_margin(name: str, plain: float | None, attacked: float) -> float:  # plain harmful's own, if set
+        return plain if name == "harmful" and plain is not None else attacked
+
     def span_loss(name: str, span: Tensor) -> Tensor:
         zb, mapped = span[:, -1], map_span(span)
         s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
         if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; lowering a read-out costs
             before = (oblique_coordinates(e, zb) - lo) / gap
-            margin = (
-                config.plain_margin
-                if name == "harmful" and config.plain_margin is not None
-                else config.margin
-            )
+            margin = own_margin(name, config.plain_margin, config.margin)
             return 2 * torch.relu(margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
         retention = ((mapped - zb) / sigma_span).pow(2).sum(-1)[:, edited].mean()
         refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
-        return refusal + config.retention_weight * retention
+        rise = torch.relu(s - (oblique_coordinates(e, zb) - lo) / gap)[:, reads[:, 1], 1].mean()
+        return refusal + config.safe_raise_weight * rise + config.retention_weight * retention
 
     def refusal_in_responses(z: Tensor) -> Tensor:  # in t_post's refusal gaps above harmless responses
         return (oblique_coordinates(e, z)[:, 1] - resp_lo) / gap[-1, 1]
@@ -480,12 +488,15 @@ def _train_slot(
             return torch.zeros(())
         s = refusal_in_responses(mapped)
         if name in HARMFUL_LIKE:
-            return (
-                torch.relu(config.response_margin - s).mean()
-                + torch.relu(refusal_in_responses(zr) - s).mean()
-            )
+            margin = own_margin(name, config.plain_response_margin, config.response_margin)
+            return torch.relu(margin - s).mean() + torch.relu(refusal_in_responses(zr) - s).mean()
         retention = ((mapped - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()
-        return torch.relu(s - config.safe_margin).mean() + config.retention_weight * retention
+        rise = torch.relu(s - refusal_in_responses(zr)).mean()
+        return (
+            torch.relu(s - config.safe_margin).mean()
+            + config.safe_raise_weight * rise
+            + config.retention_weight * retention
+        )
 
     def objective(batches: dict[str, Tensor], resp_batches: dict[str, Tensor]) -> tuple[Tensor, dict]:
         parts = {name: span_loss(name, span) for name, span in batches.items()}

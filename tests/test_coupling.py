@@ -525,6 +525,75 @@ def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones
     assert apart["harmful"] < 0.05 and apart["jailbreak"] == pytest.approx(both["jailbreak"])
 
 
+def test_plain_response_margin_sets_plain_harmful_responses_apart(tiny_directions, tmp_path):
+    from harc_interp.subspace import _train_slot, standardisation
+
+    # Every response token sits at the harmless responses' refusal level (0 gaps) and the map is the
+    # identity: the response margin (1) charges plain harmful and jailbreak responses alike, unless plain
+    # harmful responses have a margin of their own (0: only a fall of their read-out would cost).
+    gen = torch.Generator().manual_seed(0)
+    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
+    e, *_ = standardisation(tiny_directions, 2, unit)
+    to_plane = torch.linalg.inv(e)
+
+    def at(level, shape):
+        return (level + 0.01 * torch.randn(*shape, 2, generator=gen)) @ to_plane.T
+
+    names = ("harmless", "harmful", "jailbreak")
+    coords = {n: at(float(n != "harmless"), (16, 2))[:, None] for n in names}
+    responses = {n: at(0.0, (16, 3)) for n in names}
+
+    def at_init(**kw):
+        coupling = CouplingIntervention.from_directions(
+            tiny_directions, (2,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2), first_response_role=2
+        )
+        cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **kw)
+        out = _train_slot(
+            coupling, 0, tiny_directions, coords, responses, cfg, tmp_path / str(kw), progress=False
+        )
+        return out["objective"]["at_init"]
+
+    same, apart = at_init(), at_init(plain_response_margin=0.0)
+    assert same["harmful_response"] == pytest.approx(1.0, abs=0.05) == same["jailbreak_response"]
+    assert apart["harmful_response"] < 0.05 and apart["jailbreak_response"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_safe_raise_weight_charges_any_rise_of_a_safe_refusal_read_out(tiny_directions, tmp_path):
+    from harc_interp.subspace import _train_slot, standardisation
+
+    # Harmless prompts at s = 0 and a map that lifts every refusal read-out by 0.2 gaps: still below the
+    # safe margin (0.5), so with retention off only the rise term charges it, in proportion to its weight.
+    gen = torch.Generator().manual_seed(0)
+    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
+    e, *_ = standardisation(tiny_directions, 2, unit)
+    to_plane = torch.linalg.inv(e)
+
+    def prompts(n, level):
+        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
+
+    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0)}
+    # _train_slot standardises the map on every prompt's coordinates; the map's output is in those units.
+    sigma = torch.cat([z[:, -1] for z in coords.values()]).reshape(-1, 2).std(0)
+    lift = (to_plane @ torch.tensor([0.0, 0.2])) / sigma
+
+    def harmless_loss(**kw):
+        coupling = CouplingIntervention.from_directions(
+            tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
+        )
+        with torch.no_grad():
+            coupling.maps[0].w_out.zero_()
+            coupling.maps[0].b_out.copy_(lift[None])
+        cfg = SubspaceConfig(
+            train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), retention_weight=0.0, **kw
+        )
+        out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path / str(kw), progress=False)
+        return out["objective"]["at_init"]["harmless"]
+
+    assert harmless_loss() < 1e-6
+    assert harmless_loss(safe_raise_weight=1.0) == pytest.approx(0.2, abs=1e-3)
+    assert harmless_loss(safe_raise_weight=3.0) == pytest.approx(0.6, abs=3e-3)
+
+
 def test_plane_separability_sees_shifted_and_identical_conditions():
     from harc_interp.subspace import plane_separability
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from harc_interp import starter_prompts
 from harc_interp.cli import main
@@ -37,16 +38,16 @@ def test_safety_splits_share_no_goal():
 def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
-    # The span-reading map (default) also reading slot 1, with a plain-harmful margin of its own; eval
+    # The span-reading map (default) also reading slot 1, with plain-harmful margins of their own; eval
     # and verify below run it through generation and the residual comparison.
-    train = ["--steps", "20", "--read-slots", "1", "--plain-margin", "0.6"]
+    train = ["--steps", "20", "--read-slots", "1", "--plain-margin", "0.6", "--plain-response-margin", "0"]
     assert main(["train", *common, "--out", str(tmp_path / "coupling"), *train]) == 0
     capsys.readouterr()
     splits = json.loads((tmp_path / "coupling" / "splits.json").read_text())
     assert set(splits["eval"]) == {"harmful", "harmless", "borderline", "jailbreaks"}
     saved = json.loads((tmp_path / "coupling" / "coupling.json").read_text())
     assert saved["config"]["span_context"] and saved["read_slots"] == [1]
-    assert saved["config"]["plain_margin"] == 0.6
+    assert saved["config"]["plain_margin"] == 0.6 and saved["config"]["plain_response_margin"] == 0.0
 
     assert (
         main(
@@ -122,10 +123,14 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
                 "--no-span-context",
                 "--response-tokens",
                 "2",
+                "--safe-raise-weight",
+                "2",
             ]
         )
         == 0
     )
+    assert json.loads(Path(one_token, "coupling.json").read_text())["config"]["safe_raise_weight"] == 2.0
+    # Sampled over-refusal: 3 seeded samples per borderline prompt, judged and kept like the greedy ones.
     assert (
         main(
             [
@@ -135,12 +140,24 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
                 one_token,
                 "--max-new-tokens",
                 "2",
+                "--samples",
+                "3",
                 "--out",
                 one_token + "/eval",
             ]
         )
         == 0
     )
+    sampled = json.loads(Path(one_token, "eval", "eval.json").read_text())
+    rows = json.loads(Path(one_token, "eval", "responses.json").read_text())["borderline_sampled"]
+    assert sampled["samples"] == 3 and len(rows) == 3 * sampled["n"]["borderline"]
+    assert sampled["over_refusal_sampled"] == sum(r["refusal"] for r in rows) / len(rows)
+    # Really sampled: some prompt's three responses are not all the greedy one.
+    greedy = {
+        r["id"]: r["response"]
+        for r in json.loads(Path(one_token, "eval", "responses.json").read_text())["borderline"]
+    }
+    assert any(r["response"] != greedy[r["id"]] for r in rows)
     assert (
         main(
             [
