@@ -521,6 +521,7 @@ def cmd_eval(args) -> dict:
         "mean_asr": result["mean_asr"],
         "white_box_asr": result.get("white_box_asr"),
         "over_refusal": result["over_refusal"],
+        **({"over_refusal_sampled": result["over_refusal_sampled"]} if args.samples else {}),
         "harmless_kl": result["harmless_kl"],
         "harmless_response_kl": result["harmless_response_kl"],
     }

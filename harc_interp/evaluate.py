@@ -201,6 +201,8 @@ def evaluate_safety(
     from .generate import generate_chats
     from .interventions import Variant, ablation_hooks
 
+    if samples < 0:
+        raise HarcError(f"samples must be 0 (greedy only) or positive, got {samples}")
     tuned, base = tuned or Variant(), base or Variant()
     fmt = formatter_for(model, system_prompt)
 

@@ -84,6 +84,43 @@ def test_confined_coupling_on_the_real_model(real, real_directions):
     assert any(r["rel_out_of_plane"] > 1e-4 for r in downstream)  # the model spreads it: reported, not hidden
 
 
+def test_subspace_training_on_the_real_model(real, real_directions, tmp_path):
+    """The README recipe (span read at an earlier slot too, plain harmful prompts' own margins, a cost on
+    any rise of a safe prompt's refusal) on the package's starter prompts: the trained map must lift the
+    attacked prompts' refusal read-out and leave the safe prompts' where it was."""
+    from harc_interp.prompts import safety_splits
+    from harc_interp.subspace import SubspaceConfig, train_subspace
+    from harc_interp.train import TrainConfig
+
+    d = real_directions
+    slot = d.selected_layer
+    sets, _ = safety_splits(
+        *(starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")),
+        eval_fraction=0.5,
+        max_per_class=3,
+    )
+    cfg = SubspaceConfig(
+        read_slots=(slot // 2,),
+        margin=1.5,
+        plain_margin=0.8,
+        plain_response_margin=0.0,
+        safe_raise_weight=3.0,
+        response_tokens=4,
+        train=TrainConfig(steps=400, lr=1e-2, checkpoint_every=400, log_every=100),
+    )
+    coupling = train_subspace(real, d, sets, tmp_path, cfg, progress=False)
+    objective = coupling.meta["objective"][str(slot)]
+    assert objective["trained"]["total"] < 0.5 * objective["at_init"]["total"]
+    read = objective["trained"]["refusal_readouts"]  # t_post refusal read-out [before, after], in gaps
+    for attacked in ("jailbreak", "harmful_ablate_ref"):
+        before, after = read[attacked]["t_post"]
+        assert after > max(before, 0) + 0.5, (attacked, before, after)
+    for safe in ("harmless", "borderline"):
+        before, after = read[safe]["t_post"]
+        assert after < before + 0.1, (safe, before, after)
+        assert read[safe]["t_post_movement"] < 1.0
+
+
 def test_plane_on_the_real_model(real, real_directions, tmp_path):
     from harc_interp.plane import PlaneConfig, run_plane, study_prompts
 

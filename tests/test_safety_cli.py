@@ -158,6 +158,9 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
         for r in json.loads(Path(one_token, "eval", "responses.json").read_text())["borderline"]
     }
     assert any(r["response"] != greedy[r["id"]] for r in rows)
+    capsys.readouterr()
+    bad = ["eval", *common, "--intervention", one_token, "--samples", "-1", "--out", one_token + "/bad"]
+    assert main(bad) == 2 and "samples must be" in capsys.readouterr().err
     assert (
         main(
             [
