@@ -157,10 +157,12 @@ class CouplingIntervention(nn.Module):
             )
         self.slots = tuple(int(s) for s in slots)
         self.read_slots = tuple(int(s) for s in read_slots)
-        if self.read_slots and (not n_span or max(self.read_slots) >= min(self.slots)):
+        if self.read_slots and (
+            not n_span or min(self.read_slots) < 0 or max(self.read_slots) >= min(self.slots)
+        ):
             raise HarcError(
-                f"read slots {self.read_slots} need a span-reading coupling and must lie upstream of its "
-                f"slots {self.slots}"
+                f"read slots {self.read_slots} need a span-reading coupling (span_context) and must be "
+                f"block inputs upstream of its slots {self.slots}"
             )
         if read_bases is None:
             read_bases = torch.zeros(len(self.read_slots), bases.shape[1], 2)

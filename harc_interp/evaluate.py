@@ -210,11 +210,11 @@ def evaluate_safety(
 
     def refusals(ps: PromptSet, extra=(), key: str = "", n_samples: int = 0) -> list[bool]:
         """Greedy (n_samples 0: one flag per prompt) or sampled (n_samples flags per prompt, in order)."""
-        copies = max(n_samples, 1)
+        prompts = [p for p in ps.prompts for _ in range(max(n_samples, 1))]
         with tuned.context():
             outs = generate_chats(
                 model,
-                fmt.format_many([t for t in ps.texts for _ in range(copies)]),
+                fmt.format_many([p.prompt for p in prompts]),
                 max_new_tokens=max_new_tokens,
                 batch_size=batch_size,
                 hooks=[*tuned.hooks, *extra],
@@ -225,8 +225,7 @@ def evaluate_safety(
         texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
         flags = [judge(t) for t in texts]
         responses[key] = [
-            {"id": p.id, "response": t, "refusal": f}
-            for p, t, f in zip([p for p in ps.prompts for _ in range(copies)], texts, flags, strict=True)
+            {"id": p.id, "response": t, "refusal": f} for p, t, f in zip(prompts, texts, flags, strict=True)
         ]
         return flags
 

@@ -283,12 +283,7 @@ def train_subspace(
     n = len(slots)
     if config.response_tokens < 0:
         raise HarcError(f"response_tokens must be >= 0, got {config.response_tokens}")
-    read_slots = tuple(sorted(config.read_slots))
-    if read_slots and (not config.span_context or read_slots[0] < 0 or read_slots[-1] >= slots[0]):
-        raise HarcError(
-            f"read_slots {read_slots} need span_context and must be block inputs upstream of the first "
-            f"coupling slot {slots[0]}"
-        )
+    read_slots = tuple(sorted(config.read_slots))  # checked by the coupling, built before any forward pass
     if not 0 <= config.validation_fraction < 1:
         raise HarcError(f"validation_fraction must be in [0, 1), got {config.validation_fraction}")
     probe = formatter_for(model, config.system_prompt).format("x")
@@ -461,14 +456,14 @@ def _train_slot(
 
     def span_loss(name: str, span: Tensor) -> Tensor:
         zb, mapped = span[:, -1], map_span(span)
-        s = (oblique_coordinates(e, mapped) - lo) / gap  # 0 = harmless mean, 1 = harmful mean
+        # 0 = harmless mean, 1 = harmful mean; before and after the map
+        before, s = ((oblique_coordinates(e, z) - lo) / gap for z in (zb, mapped))
         if name in HARMFUL_LIKE:  # on the scale of HARC's two hinges; lowering a read-out costs
-            before = (oblique_coordinates(e, zb) - lo) / gap
             margin = own_margin(name, config.plain_margin, config.margin)
             return 2 * torch.relu(margin - s[:, reads]).mean() + torch.relu(before - s)[:, reads].mean()
         retention = ((mapped - zb) / sigma_span).pow(2).sum(-1)[:, edited].mean()
         refusal = torch.relu(s[:, reads[:, 1], 1] - config.safe_margin).mean()
-        rise = torch.relu(s - (oblique_coordinates(e, zb) - lo) / gap)[:, reads[:, 1], 1].mean()
+        rise = torch.relu(s - before)[:, reads[:, 1], 1].mean()
         return refusal + config.safe_raise_weight * rise + config.retention_weight * retention
 
     def refusal_in_responses(z: Tensor) -> Tensor:  # in t_post's refusal gaps above harmless responses
@@ -486,12 +481,12 @@ def _train_slot(
         zr, mapped = map_responses(zr, span)
         if not zr.shape[0]:
             return torch.zeros(())
-        s = refusal_in_responses(mapped)
+        before, s = refusal_in_responses(zr), refusal_in_responses(mapped)
         if name in HARMFUL_LIKE:
             margin = own_margin(name, config.plain_response_margin, config.response_margin)
-            return torch.relu(margin - s).mean() + torch.relu(refusal_in_responses(zr) - s).mean()
+            return torch.relu(margin - s).mean() + torch.relu(before - s).mean()
         retention = ((mapped - zr) / plane_map.sigma[-1]).pow(2).sum(-1).mean()
-        rise = torch.relu(s - refusal_in_responses(zr)).mean()
+        rise = torch.relu(s - before).mean()
         return (
             torch.relu(s - config.safe_margin).mean()
             + config.safe_raise_weight * rise

@@ -470,124 +470,97 @@ def test_train_span_reading_coupling_with_held_out_rows(tiny, tiny_directions, t
     assert every.maps[0].n_roles == n_span + 1 and int(every.maps[0].first_edited_role) == 0
 
 
-def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):
-    from harc_interp.subspace import _train_slot, standardisation
+def _read_out_placer(d):
+    """(place, to_plane) for synthetic coupling data at slot 2: place(level, shape) gives plane coordinates
+    [*shape, 2] whose oblique read-outs (harm, ref) sit at `level` (+1% noise), in the objective's units
+    when harmless prompts are placed at 0 and plain harmful ones at 1; to_plane maps read-outs to the plane."""
+    from harc_interp.subspace import standardisation
 
+    gen = torch.Generator().manual_seed(0)
+    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
+    e, *_ = standardisation(d, 2, unit)
+    to_plane = torch.linalg.inv(e)
+
+    def place(level, shape):
+        return (level + 0.01 * torch.randn(*shape, 2, generator=gen)) @ to_plane.T
+
+    return place, to_plane
+
+
+def _objective_at_init(d, coords, out_dir, responses=None, bias=None, **config) -> dict:
+    """The subspace objective's parts for a fresh map at slot 2 (the identity, or with `bias` the constant
+    shift f(z) = z + σ · bias), on span coordinates [prompt, 1, position, 2] (and response tokens)."""
+    from harc_interp.subspace import _train_slot
+
+    n_roles = 1 if responses is None else 2  # one shared span map, and the response map
+    n_positions = next(iter(coords.values())).shape[2]  # response roles come after the span's
+    coupling = CouplingIntervention.from_directions(
+        d,
+        (2,),
+        torch.zeros(1, n_roles, 2),
+        torch.ones(1, n_roles, 2),
+        first_response_role=-1 if responses is None else n_positions,
+    )
+    if bias is not None:
+        with torch.no_grad():
+            coupling.maps[0].w_out.zero_()
+            coupling.maps[0].b_out.copy_(bias)
+    cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **config)
+    out = _train_slot(coupling, 0, d, coords, responses, cfg, out_dir / str(config), progress=False)
+    return out["objective"]["at_init"]
+
+
+def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):
     # Plain harmful prompts sit at the harmful mean (s = 1, past the 0.8 margin): the hinge is satisfied,
     # yet a map that lowers their refusal read-out weakens refusals the model already makes (on the real
     # model the shared map pulled 112 of 128 down towards the margin). The objective must see that.
-    gen = torch.Generator().manual_seed(0)
-    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
-    e, *_ = standardisation(tiny_directions, 2, unit)
-    to_plane = torch.linalg.inv(e)  # oblique read-outs (harm, ref) -> plane coordinates
-
-    def prompts(n, level):
-        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
-
-    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0)}
-    coupling = CouplingIntervention.from_directions(
-        tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
-    )
-    with torch.no_grad():
-        coupling.maps[0].w_out.zero_()
-        coupling.maps[0].b_out.copy_(torch.tensor([[0.0, -0.1]]))  # lowers every refusal read-out a little
-    cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1))
-    out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path, progress=False)
-    assert out["objective"]["at_init"]["harmful"] > 1e-3
+    place, _ = _read_out_placer(tiny_directions)
+    coords = {"harmless": place(0.0, (16, 2))[:, None], "harmful": place(1.0, (16, 2))[:, None]}
+    lowered = torch.tensor([[0.0, -0.1]])  # lowers every refusal read-out a little
+    at_init = _objective_at_init(tiny_directions, coords, tmp_path, bias=lowered)
+    assert at_init["harmful"] > 1e-3
 
 
 def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones(tiny_directions, tmp_path):
-    from harc_interp.subspace import _train_slot, standardisation
-
     # Plain harmful and jailbreak prompts both sit at the harmful mean (s = 1) and the map is the identity:
     # with margin 2 both are charged; with plain_margin 1 only the jailbreaks are.
-    gen = torch.Generator().manual_seed(0)
-    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
-    e, *_ = standardisation(tiny_directions, 2, unit)
-    to_plane = torch.linalg.inv(e)
-
-    def prompts(n, level):
-        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
-
-    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0), "jailbreak": prompts(16, 1.0)}
-
-    def at_init(**kw):
-        coupling = CouplingIntervention.from_directions(
-            tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
-        )
-        cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **kw)
-        out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path / str(kw), progress=False)
-        return out["objective"]["at_init"]
-
-    both = at_init(margin=2.0)
-    apart = at_init(margin=2.0, plain_margin=1.0)
+    place, _ = _read_out_placer(tiny_directions)
+    coords = {
+        n: place(level, (16, 2))[:, None]
+        for n, level in (("harmless", 0.0), ("harmful", 1.0), ("jailbreak", 1.0))
+    }
+    both = _objective_at_init(tiny_directions, coords, tmp_path, margin=2.0)
+    apart = _objective_at_init(tiny_directions, coords, tmp_path, margin=2.0, plain_margin=1.0)
     assert both["harmful"] > 0.5 and both["jailbreak"] > 0.5
     assert apart["harmful"] < 0.05 and apart["jailbreak"] == pytest.approx(both["jailbreak"])
 
 
 def test_plain_response_margin_sets_plain_harmful_responses_apart(tiny_directions, tmp_path):
-    from harc_interp.subspace import _train_slot, standardisation
-
     # Every response token sits at the harmless responses' refusal level (0 gaps) and the map is the
     # identity: the response margin (1) charges plain harmful and jailbreak responses alike, unless plain
     # harmful responses have a margin of their own (0: only a fall of their read-out would cost).
-    gen = torch.Generator().manual_seed(0)
-    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
-    e, *_ = standardisation(tiny_directions, 2, unit)
-    to_plane = torch.linalg.inv(e)
-
-    def at(level, shape):
-        return (level + 0.01 * torch.randn(*shape, 2, generator=gen)) @ to_plane.T
-
+    place, _ = _read_out_placer(tiny_directions)
     names = ("harmless", "harmful", "jailbreak")
-    coords = {n: at(float(n != "harmless"), (16, 2))[:, None] for n in names}
-    responses = {n: at(0.0, (16, 3)) for n in names}
-
-    def at_init(**kw):
-        coupling = CouplingIntervention.from_directions(
-            tiny_directions, (2,), torch.zeros(1, 2, 2), torch.ones(1, 2, 2), first_response_role=2
-        )
-        cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **kw)
-        out = _train_slot(
-            coupling, 0, tiny_directions, coords, responses, cfg, tmp_path / str(kw), progress=False
-        )
-        return out["objective"]["at_init"]
-
-    same, apart = at_init(), at_init(plain_response_margin=0.0)
+    coords = {n: place(float(n != "harmless"), (16, 2))[:, None] for n in names}
+    responses = {n: place(0.0, (16, 3)) for n in names}
+    same = _objective_at_init(tiny_directions, coords, tmp_path, responses)
+    apart = _objective_at_init(tiny_directions, coords, tmp_path, responses, plain_response_margin=0.0)
     assert same["harmful_response"] == pytest.approx(1.0, abs=0.05) == same["jailbreak_response"]
     assert apart["harmful_response"] < 0.05 and apart["jailbreak_response"] == pytest.approx(1.0, abs=0.05)
 
 
 def test_safe_raise_weight_charges_any_rise_of_a_safe_refusal_read_out(tiny_directions, tmp_path):
-    from harc_interp.subspace import _train_slot, standardisation
-
     # Harmless prompts at s = 0 and a map that lifts every refusal read-out by 0.2 gaps: still below the
     # safe margin (0.5), so with retention off only the rise term charges it, in proportion to its weight.
-    gen = torch.Generator().manual_seed(0)
-    unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
-    e, *_ = standardisation(tiny_directions, 2, unit)
-    to_plane = torch.linalg.inv(e)
-
-    def prompts(n, level):
-        return ((level + 0.01 * torch.randn(n, 2, 2, generator=gen)) @ to_plane.T)[:, None]
-
-    coords = {"harmless": prompts(16, 0.0), "harmful": prompts(16, 1.0)}
+    place, to_plane = _read_out_placer(tiny_directions)
+    coords = {"harmless": place(0.0, (16, 2))[:, None], "harmful": place(1.0, (16, 2))[:, None]}
     # _train_slot standardises the map on every prompt's coordinates; the map's output is in those units.
     sigma = torch.cat([z[:, -1] for z in coords.values()]).reshape(-1, 2).std(0)
-    lift = (to_plane @ torch.tensor([0.0, 0.2])) / sigma
+    lift = ((to_plane @ torch.tensor([0.0, 0.2])) / sigma)[None]
 
     def harmless_loss(**kw):
-        coupling = CouplingIntervention.from_directions(
-            tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
-        )
-        with torch.no_grad():
-            coupling.maps[0].w_out.zero_()
-            coupling.maps[0].b_out.copy_(lift[None])
-        cfg = SubspaceConfig(
-            train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), retention_weight=0.0, **kw
-        )
-        out = _train_slot(coupling, 0, tiny_directions, coords, None, cfg, tmp_path / str(kw), progress=False)
-        return out["objective"]["at_init"]["harmless"]
+        at_init = _objective_at_init(tiny_directions, coords, tmp_path, bias=lift, retention_weight=0.0, **kw)
+        return at_init["harmless"]
 
     assert harmless_loss() < 1e-6
     assert harmless_loss(safe_raise_weight=1.0) == pytest.approx(0.2, abs=1e-3)
