@@ -6,7 +6,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -36,11 +36,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def stamp_schema(meta: dict, kind: str, version: int) -> dict:
+    """`meta` with the artifact's schema name and version, so a later reader can migrate or refuse it."""
+    return meta | {"schema": f"harc_interp.{kind}", "schema_version": version}
+
+
+def check_schema(meta: dict, kind: str, version: int, path: Path, rerun: str) -> int:
+    """The schema version of a stored artifact of `kind`: artifacts written before schemas were
+    recorded are version 1. Refuses another kind of artifact and one from a newer harc_interp, saying
+    what to rerun."""
+    name = meta.get("schema", f"harc_interp.{kind}")
+    if name != f"harc_interp.{kind}":
+        raise HarcError(f"{path} is a '{name}' artifact, not harc_interp.{kind}")
+    found = int(meta.get("schema_version", 1))
+    if found > version:
+        raise HarcError(
+            f"{path} has schema version {found}, newer than this harc_interp reads ({version}): upgrade "
+            f"harc_interp, or rerun `{rerun}`"
+        )
+    return found
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _tmp_beside(path: Path) -> Path:
+def tmp_beside(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -51,7 +72,7 @@ def _tmp_beside(path: Path) -> Path:
 def write_json(path: str | Path, obj) -> Path:
     """Write JSON atomically: readers never see a half-written file."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = tmp_beside(path)
     tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
@@ -60,7 +81,7 @@ def write_json(path: str | Path, obj) -> Path:
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     """JSON lines, atomically."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = tmp_beside(path)
     with open(tmp, "w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
@@ -78,12 +99,48 @@ def read_json(path: str | Path) -> dict | list:
         raise HarcError(f"{path} is corrupt or truncated ({e}); re-create it") from None
 
 
+def cached_json(path: str | Path, compute: Callable[[], object], *, key: object | None = None):
+    """The JSON result at `path` when a finished run left it there, else `compute()` written atomically:
+    the one resume rule of every cached step. With `key` (JSON-able: what the result depends on),
+    the result is stored as {"key", "result"} and a file made under another key is recomputed."""
+    path = Path(path)
+    if path.is_file():
+        stored = read_json(path)
+        if key is None:
+            return stored
+        if isinstance(stored, dict) and stored.get("key") == _jsonable(key):
+            return stored["result"]
+    result = compute()
+    write_json(path, result if key is None else {"key": key, "result": result})
+    return result
+
+
+def cached_tensors(
+    path: str | Path, key: object, compute: Callable[[], dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """Tensors at `path` (safetensors) when its sidecar `path.json` holds the same `key`, else
+    `compute()` saved with that key: the resume rule for cached tensors (e.g. plane coordinates)."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json")
+    if path.is_file() and sidecar.is_file() and read_json(sidecar) == _jsonable(key):
+        return load_tensors(path)
+    tensors = compute()
+    save_tensors(path, tensors)
+    write_json(sidecar, key)
+    return tensors
+
+
+def _jsonable(obj):
+    """`obj` as it reads back from JSON (tuples become lists, keys strings), for comparing keys."""
+    return json.loads(json.dumps(obj))
+
+
 def save_tensors(
     path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> Path:
     """safetensors, atomically."""
     path = Path(path)
-    tmp = _tmp_beside(path)
+    tmp = tmp_beside(path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path
@@ -158,7 +215,7 @@ def write_tensor_stream(
         header["__metadata__"] = metadata
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    tmp = _tmp_beside(path)
+    tmp = tmp_beside(path)
     written = 0
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(raw)))

@@ -54,7 +54,7 @@ def timed(fn, device: str, repeats: int) -> float:
 
 def throughput(args) -> dict:
     from harc_interp import CacheConfig, cache_residuals, formatter_for, load_model
-    from harc_interp.chat import left_pad, pad_token_id
+    from harc_interp.data.chat import left_pad, pad_token_id
 
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     texts = prompt_texts(args.n)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import harc_interp.activations as act_mod
+import harc_interp.capture.activations as act_mod
 from harc_interp import (
     Activations,
     CacheConfig,

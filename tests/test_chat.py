@@ -7,7 +7,7 @@ import torch
 from tiny import FAMILIES, build_tokenizer, fixture
 
 from harc_interp import ChatFormatter, HarcError
-from harc_interp.chat import left_pad
+from harc_interp.data.chat import left_pad
 
 INSTRUCTIONS = [
     "How do I bake bread?",

@@ -91,8 +91,8 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
 def test_directions_verb(tiny_dir, tmp_path, capsys, monkeypatch):
     import functools
 
-    from harc_interp import extract
     from harc_interp.directions import Directions
+    from harc_interp.directions import stage as extract
 
     # The phrase judge finds no refusals in a random model's output: judge by length instead.
     monkeypatch.setattr(
@@ -116,8 +116,8 @@ def test_directions_verb(tiny_dir, tmp_path, capsys, monkeypatch):
     d = Directions.load(out)
     assert printed["selected_layer"] == d.selected_layer
     assert d.meta["config"]["n_train"] == 10
-    assert d.meta["refusal_token_strings"] == ["I", "S"]
-    assert [c["slot"] for c in d.meta["selection"]["arditi"]["candidates"]] == [1, 2]
+    assert d.refusal_token_strings == ["I", "S"]
+    assert [c["slot"] for c in d.selection.arditi["candidates"]] == [1, 2]
     assert (out / "figures" / "auroc_by_layer.html").is_file()
 
     assert main(args(tmp_path / "other", "I,Sorry about")) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 from harc_interp import HarcError, formatter_for, starter_prompts
-from harc_interp.coupling import CouplingIntervention, plane_basis_matrix
-from harc_interp.subspace import SubspaceConfig, train_subspace
-from harc_interp.train import TrainConfig, train_loop
+from harc_interp.coupling import CouplingIntervention
+from harc_interp.coupling.loop import TrainConfig, train_loop
+from harc_interp.coupling.subspace import SubspaceConfig, train_subspace
+from harc_interp.model import HookSite
+from harc_interp.plane import plane_basis_matrix
 
 
 def make(tiny_directions, slots=(2,)):
@@ -66,7 +69,7 @@ def test_edit_is_confined_to_the_plane(tiny_directions):
 
 
 def test_position_maps_edit_each_span_token_with_its_own_map(tiny, tiny_directions, tmp_path):
-    from harc_interp.chat import left_pad
+    from harc_interp.data.chat import left_pad
 
     n_roles = 3
     coupling = CouplingIntervention.from_directions(
@@ -93,11 +96,11 @@ def test_position_maps_edit_each_span_token_with_its_own_map(tiny, tiny_directio
         and batch.span_role[0, -1].item() == chat.t_post - chat.t_inst
     )
     seen = {}
-    with coupling.apply(tiny), tiny.span(batch.span_role):
-        hooks = coupling.hooks(tiny)
+    with tiny.span(batch.span_role) as span:
+        ((name, hook),) = coupling.hooks(tiny)
         resid = torch.randn(1, batch.input_ids.shape[1], tiny.d_model)
-        seen["roles"] = tiny.span_roles(resid)
-        out = hooks[0][1](resid, None)
+        seen["roles"] = span.roles_for(resid)
+        out = hook(resid, HookSite(name, 2, span))
     assert torch.equal(seen["roles"], batch.span_role)
     step = ((out - resid) @ u / 3)[0]
     torch.testing.assert_close(step[chat.t_inst], coupling.maps[0].b_out[0], atol=1e-5, rtol=0)
@@ -126,15 +129,20 @@ def test_response_map_serves_response_tokens_and_decoding_steps(tiny, tiny_direc
     decoding = (coupling.edit(0, h[:, :1]) - h[:, :1]) @ coupling.bases[0]
     torch.testing.assert_close(decoding[0, 0], coupling.maps[0].b_out[3], atol=1e-5, rtol=0)
 
-    # An artifact saved before response maps existed loads with t_post's map serving the responses.
+    # An artifact saved before response maps existed is refused with what to rerun, as is one of a newer
+    # schema; the current one round-trips.
     coupling.save(tmp_path)
+    assert CouplingIntervention.load(tmp_path).maps[0].first_response_role == n_span
+    meta = json.loads((tmp_path / "coupling.json").read_text())
+    (tmp_path / "coupling.json").write_text(json.dumps(meta | {"schema_version": 99}))
+    with pytest.raises(HarcError, match="newer than this harc_interp"):
+        CouplingIntervention.load(tmp_path)
+    (tmp_path / "coupling.json").write_text(json.dumps(meta))
     state = load_file(tmp_path / "coupling.safetensors")
     del state["maps.0.first_response_role"]
     save_file(state, tmp_path / "coupling.safetensors")
-    old = CouplingIntervention.load(tmp_path)
-    assert int(old.maps[0].first_response_role) == -1
-    moved = (old.edit(0, h, (roles >= 0).float()[..., None], roles) - h) @ old.bases[0]
-    torch.testing.assert_close(moved[0, 6], old.maps[0].b_out[3], atol=1e-5, rtol=0)  # clamped to the last
+    with pytest.raises(HarcError, match="older harc_interp.*retrain"):
+        CouplingIntervention.load(tmp_path)
 
 
 def span_reading_coupling(model, directions):
@@ -156,7 +164,7 @@ def span_reading_coupling(model, directions):
 
 def assert_generation_acts(model, coupling):
     """Through generation (prompt pass + cached decoding steps) the coupling runs, and a strong map acts."""
-    from harc_interp.generate import generate_chats
+    from harc_interp.capture.generate import generate_chats
 
     prompts = formatter_for(model).format_many(["How do I bake bread?", "Name a colour"])
     plain = generate_chats(model, prompts, max_new_tokens=4, batch_size=2, progress=False)
@@ -169,7 +177,7 @@ def assert_generation_acts(model, coupling):
 
 
 def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, tiny_directions, tmp_path):
-    from harc_interp.chat import left_pad
+    from harc_interp.data.chat import left_pad
 
     coupling, n_span = span_reading_coupling(tiny, tiny_directions)
     fmt = formatter_for(tiny)
@@ -177,12 +185,13 @@ def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, t
     batch = left_pad(chats, tiny.tokenizer.eos_token_id, with_response=True)
     roles = batch.span_role
     h = torch.randn(2, roles.shape[1], tiny.d_model) * 4
-    hook = coupling.hooks(tiny)[0][1]
-    with tiny.span(roles):
-        out = hook(h, None)
-        assert ("coupling_span", id(coupling), 0) in tiny.span_memory  # kept for the decoding steps
-        step = hook(h[:, :1], None)  # a decoding step reads the stored span
-    assert tiny.span_memory is None  # the memory lives as long as the batch
+    name, hook = coupling.hooks(tiny)[0]
+    with tiny.span(roles) as span:
+        out = hook(h, HookSite(name, 2, span))
+        assert ("coupling_span", id(coupling), 0) in span.memory  # kept for the decoding steps
+        step = hook(h[:, :1], HookSite(name, 2, span))  # a decoding step reads the stored span
+    with tiny.span(roles) as next_batch:
+        assert next_batch.memory == {}  # the memory lives as long as the batch
     u = coupling.bases[0]
     moved = ((out - h) @ u).norm(dim=-1)
     assert (moved[roles < n_span - 1] == 0).all()  # before t_post (and outside the span): untouched
@@ -194,15 +203,15 @@ def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, t
     t_inst = (roles == 0).int().argmax(1)
     h2 = h.clone()
     h2[torch.arange(2), t_inst] += 3 * u[:, 0]
-    with tiny.span(roles):
-        out2 = hook(h2, None)
+    with tiny.span(roles) as span:
+        out2 = hook(h2, HookSite(name, 2, span))
     t_post = (roles == n_span - 1).int().argmax(1)
     b = torch.arange(2)
     assert ((out2 - h2)[b, t_post] - (out - h)[b, t_post]).norm() > 1e-4
 
     # Without the prompt pass a decoding step has no span to read: a clear error, not a silent no-op.
     with pytest.raises(HarcError, match="reads the prompt's template span"):
-        hook(h[:, :1], None)
+        hook(h[:, :1], HookSite(name, 2))
 
     # In generation (prompt pass + cached decoding steps) it runs, and acts.
     assert_generation_acts(tiny, coupling)
@@ -210,8 +219,9 @@ def test_span_reading_map_edits_t_post_and_responses_from_the_whole_span(tiny, t
     coupling.save(tmp_path)
     loaded = CouplingIntervention.load(tmp_path)
     assert loaded.maps[0].n_context == n_span and int(loaded.maps[0].first_edited_role) == n_span - 1
-    with tiny.span(roles):
-        torch.testing.assert_close(loaded.hooks(tiny)[0][1](h, None), coupling.hooks(tiny)[0][1](h, None))
+    with tiny.span(roles) as span:
+        site = HookSite(name, 2, span)
+        torch.testing.assert_close(loaded.hooks(tiny)[0][1](h, site), coupling.hooks(tiny)[0][1](h, site))
 
 
 def test_span_reading_map_is_the_identity_at_init(tiny, tiny_directions):
@@ -219,7 +229,7 @@ def test_span_reading_map_is_the_identity_at_init(tiny, tiny_directions):
     with torch.no_grad():
         coupling.maps[0].w_out.zero_()
     ids = torch.tensor([formatter_for(tiny).format("How do I bake bread?").input_ids])
-    from harc_interp.chat import left_pad
+    from harc_interp.data.chat import left_pad
 
     batch = left_pad([formatter_for(tiny).format("How do I bake bread?")], 0, with_response=False)
     with torch.no_grad(), tiny.span(batch.span_role):
@@ -264,7 +274,7 @@ def test_span_reading_position_maps_edit_every_span_token_causally(tiny, tiny_di
 
 
 def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, tiny_directions, tmp_path):
-    from harc_interp.chat import left_pad
+    from harc_interp.data.chat import left_pad
 
     n_span = formatter_for(tiny).format("x").n_prompt - formatter_for(tiny).format("x").t_inst
     kwargs = dict(first_response_role=n_span, n_span=n_span, first_edited_role=n_span - 1)
@@ -287,9 +297,9 @@ def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, 
     h1, h2 = torch.randn(2, roles.shape[1], tiny.d_model), torch.randn(2, roles.shape[1], tiny.d_model)
 
     def t_post_edit(at_read_slot):
-        with tiny.span(roles):
-            assert reader(at_read_slot, None) is None  # it only records
-            return (editor(h2, None) - h2)[b, t_post]
+        with tiny.span(roles) as span:
+            assert reader(at_read_slot, HookSite(read_name, 1, span)) is None  # it only records
+            return (editor(h2, HookSite(edit_name, 2, span)) - h2)[b, t_post]
 
     base = t_post_edit(h1)
     assert base.norm() > 1e-4
@@ -300,21 +310,21 @@ def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, 
     off_plane[b, t_inst] += 3 * w / w.norm()
     assert (t_post_edit(moved) - base).norm() > 1e-4  # the read slot's plane coordinates are read
     torch.testing.assert_close(t_post_edit(off_plane), base, atol=1e-5, rtol=0)  # nothing else is
-    with tiny.span(roles), pytest.raises(HarcError, match="not recorded"):
-        editor(h2, None)  # the read slot's pass is missing
+    with tiny.span(roles) as span, pytest.raises(HarcError, match="not recorded"):
+        editor(h2, HookSite(edit_name, 2, span))  # the read slot's pass is missing
 
     coupling.save(tmp_path)
     loaded = CouplingIntervention.load(tmp_path)
     assert loaded.read_slots == (1,)
-    with tiny.span(roles):
-        loaded.hooks(tiny)[0][1](h1, None)
-        torch.testing.assert_close((loaded.hooks(tiny)[1][1](h2, None) - h2)[b, t_post], base)
+    with tiny.span(roles) as span:
+        loaded.hooks(tiny)[0][1](h1, HookSite(read_name, 1, span))
+        torch.testing.assert_close((loaded.hooks(tiny)[1][1](h2, HookSite(edit_name, 2, span)) - h2)[b, t_post], base)
     assert_generation_acts(tiny, coupling)
 
 
 def test_response_kl_sees_a_coupling_that_acts_on_response_tokens(tiny, tiny_directions):
-    from harc_interp.evaluate import response_kl
-    from harc_interp.interventions import Variant
+    from harc_interp.evaluation import response_kl
+    from harc_interp.model.edits import Variant
 
     fmt = formatter_for(tiny)
     chats = fmt.format_many(["How do I bake bread?", "Name a colour", "Hi"], ["Mix flour and", "Blue", ""])
@@ -405,7 +415,7 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     assert (loaded.edit(0, h) - h).norm() > 1e-4
 
     # A rerun reuses the cached plane coordinates (no forward passes) and the finished checkpoint.
-    import harc_interp.subspace as subspace_mod
+    import harc_interp.coupling.subspace as subspace_mod
 
     for name in ("plane_coordinates_dataset", "response_coordinates_dataset"):
         monkeypatch.setattr(subspace_mod, name, lambda *a, **k: pytest.fail("recomputed"))
@@ -474,7 +484,7 @@ def _read_out_placer(d):
     """(place, to_plane) for synthetic coupling data at slot 2: place(level, shape) gives plane coordinates
     [*shape, 2] whose oblique read-outs (harm, ref) sit at `level` (+1% noise), in the objective's units
     when harmless prompts are placed at 0 and plain harmful ones at 1; to_plane maps read-outs to the plane."""
-    from harc_interp.subspace import standardisation
+    from harc_interp.coupling import standardisation
 
     gen = torch.Generator().manual_seed(0)
     unit = {"harmless": torch.zeros(2, 1, 2, 2), "harmful": torch.ones(2, 1, 2, 2)}
@@ -487,10 +497,10 @@ def _read_out_placer(d):
     return place, to_plane
 
 
-def _objective_at_init(d, coords, out_dir, responses=None, bias=None, **config) -> dict:
+def _objective_at_init(d, coords, responses=None, bias=None, **config) -> dict:
     """The subspace objective's parts for a fresh map at slot 2 (the identity, or with `bias` the constant
     shift f(z) = z + σ · bias), on span coordinates [prompt, 1, position, 2] (and response tokens)."""
-    from harc_interp.subspace import _train_slot
+    from harc_interp.coupling import Margins, fit_slot_objective
 
     n_roles = 1 if responses is None else 2  # one shared span map, and the response map
     n_positions = next(iter(coords.values())).shape[2]  # response roles come after the span's
@@ -505,23 +515,23 @@ def _objective_at_init(d, coords, out_dir, responses=None, bias=None, **config) 
         with torch.no_grad():
             coupling.maps[0].w_out.zero_()
             coupling.maps[0].b_out.copy_(bias)
-    cfg = SubspaceConfig(train=TrainConfig(steps=1, lr=1e-12, log_every=1, checkpoint_every=1), **config)
-    out = _train_slot(coupling, 0, d, coords, responses, cfg, out_dir / str(config), progress=False)
-    return out["objective"]["at_init"]
+    cfg = SubspaceConfig(**config)
+    objective = fit_slot_objective(coupling.maps[0], d, 2, coords, responses, Margins.of(cfg), cfg.min_separation)
+    return objective.summary(coords, responses or {})
 
 
-def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions, tmp_path):
+def test_objective_penalises_pulling_harmful_prompts_down_even_above_the_margin(tiny_directions):
     # Plain harmful prompts sit at the harmful mean (s = 1, past the 0.8 margin): the hinge is satisfied,
     # yet a map that lowers their refusal read-out weakens refusals the model already makes (on the real
     # model the shared map pulled 112 of 128 down towards the margin). The objective must see that.
     place, _ = _read_out_placer(tiny_directions)
     coords = {"harmless": place(0.0, (16, 2))[:, None], "harmful": place(1.0, (16, 2))[:, None]}
     lowered = torch.tensor([[0.0, -0.1]])  # lowers every refusal read-out a little
-    at_init = _objective_at_init(tiny_directions, coords, tmp_path, bias=lowered)
+    at_init = _objective_at_init(tiny_directions, coords, bias=lowered)
     assert at_init["harmful"] > 1e-3
 
 
-def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones(tiny_directions, tmp_path):
+def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones(tiny_directions):
     # Plain harmful and jailbreak prompts both sit at the harmful mean (s = 1) and the map is the identity:
     # with margin 2 both are charged; with plain_margin 1 only the jailbreaks are.
     place, _ = _read_out_placer(tiny_directions)
@@ -529,13 +539,13 @@ def test_plain_margin_sets_the_plain_harmful_target_apart_from_the_attacked_ones
         n: place(level, (16, 2))[:, None]
         for n, level in (("harmless", 0.0), ("harmful", 1.0), ("jailbreak", 1.0))
     }
-    both = _objective_at_init(tiny_directions, coords, tmp_path, margin=2.0)
-    apart = _objective_at_init(tiny_directions, coords, tmp_path, margin=2.0, plain_margin=1.0)
+    both = _objective_at_init(tiny_directions, coords, margin=2.0)
+    apart = _objective_at_init(tiny_directions, coords, margin=2.0, plain_margin=1.0)
     assert both["harmful"] > 0.5 and both["jailbreak"] > 0.5
     assert apart["harmful"] < 0.05 and apart["jailbreak"] == pytest.approx(both["jailbreak"])
 
 
-def test_plain_response_margin_sets_plain_harmful_responses_apart(tiny_directions, tmp_path):
+def test_plain_response_margin_sets_plain_harmful_responses_apart(tiny_directions):
     # Every response token sits at the harmless responses' refusal level (0 gaps) and the map is the
     # identity: the response margin (1) charges plain harmful and jailbreak responses alike, unless plain
     # harmful responses have a margin of their own (0: only a fall of their read-out would cost).
@@ -543,23 +553,23 @@ def test_plain_response_margin_sets_plain_harmful_responses_apart(tiny_direction
     names = ("harmless", "harmful", "jailbreak")
     coords = {n: place(float(n != "harmless"), (16, 2))[:, None] for n in names}
     responses = {n: place(0.0, (16, 3)) for n in names}
-    same = _objective_at_init(tiny_directions, coords, tmp_path, responses)
-    apart = _objective_at_init(tiny_directions, coords, tmp_path, responses, plain_response_margin=0.0)
+    same = _objective_at_init(tiny_directions, coords, responses)
+    apart = _objective_at_init(tiny_directions, coords, responses, plain_response_margin=0.0)
     assert same["harmful_response"] == pytest.approx(1.0, abs=0.05) == same["jailbreak_response"]
     assert apart["harmful_response"] < 0.05 and apart["jailbreak_response"] == pytest.approx(1.0, abs=0.05)
 
 
-def test_safe_raise_weight_charges_any_rise_of_a_safe_refusal_read_out(tiny_directions, tmp_path):
+def test_safe_raise_weight_charges_any_rise_of_a_safe_refusal_read_out(tiny_directions):
     # Harmless prompts at s = 0 and a map that lifts every refusal read-out by 0.2 gaps: still below the
     # safe margin (0.5), so with retention off only the rise term charges it, in proportion to its weight.
     place, to_plane = _read_out_placer(tiny_directions)
     coords = {"harmless": place(0.0, (16, 2))[:, None], "harmful": place(1.0, (16, 2))[:, None]}
-    # _train_slot standardises the map on every prompt's coordinates; the map's output is in those units.
+    # fit_slot_objective standardises the map on every prompt's coordinates; its output is in those units.
     sigma = torch.cat([z[:, -1] for z in coords.values()]).reshape(-1, 2).std(0)
     lift = ((to_plane @ torch.tensor([0.0, 0.2])) / sigma)[None]
 
     def harmless_loss(**kw):
-        at_init = _objective_at_init(tiny_directions, coords, tmp_path, bias=lift, retention_weight=0.0, **kw)
+        at_init = _objective_at_init(tiny_directions, coords, bias=lift, retention_weight=0.0, **kw)
         return at_init["harmless"]
 
     assert harmless_loss() < 1e-6
@@ -568,7 +578,7 @@ def test_safe_raise_weight_charges_any_rise_of_a_safe_refusal_read_out(tiny_dire
 
 
 def test_plane_separability_sees_shifted_and_identical_conditions():
-    from harc_interp.subspace import plane_separability
+    from harc_interp.coupling import plane_separability
 
     gen = torch.Generator().manual_seed(0)
     noise = lambda n: torch.randn(n, 1, 3, 2, generator=gen)  # noqa: E731  [prompt, slot, position, 2]
@@ -585,7 +595,7 @@ def test_plane_separability_sees_shifted_and_identical_conditions():
 def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
     tiny, tiny_directions, tmp_path, monkeypatch
 ):
-    import harc_interp.subspace as subspace_mod
+    import harc_interp.coupling.subspace as subspace_mod
 
     calls = []
     real = subspace_mod.plane_coordinates_dataset
@@ -594,12 +604,11 @@ def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
         coupling_hooks = kwargs["hooks"]
         # The maps upstream of this slot are trained (non-identity) by the time its coordinates are cached.
         h = torch.randn(1, 3, tiny.d_model, generator=torch.Generator().manual_seed(1))
-        moved = [name for name, fn in coupling_hooks if not torch.equal(fn(h, None), h)]
+        moved = [name for name, fn in coupling_hooks if not torch.equal(fn(h, HookSite(name, 0)), h)]
         calls.append((slots, kwargs["attack_slot"], moved))
         return real(model, d, slots, *args, **kwargs)
 
     monkeypatch.setattr(subspace_mod, "plane_coordinates_dataset", recording)
-    monkeypatch.setattr(tiny, "span_weights", lambda resid: None)  # edit every position in this probe
     sets = {
         "harmful": starter_prompts("harmful").sample(6, seed=1),
         "harmless": starter_prompts("harmless").sample(6, seed=1),

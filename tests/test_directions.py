@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from harc_interp import HarcError
-from harc_interp.activations import Activations
+from harc_interp.capture.activations import Activations
 from harc_interp.directions import (
     Directions,
-    MeanAccumulator,
     add_response_directions,
     diff_in_means,
     directions_from_activations,
 )
-from harc_interp.probes import bootstrap_cosine, probe_metrics, projection_metrics
-from harc_interp.selection import harc_layer_scores
+from harc_interp.directions.means import MeanAccumulator
+from harc_interp.directions.probes import bootstrap_cosine, probe_metrics, projection_metrics
+from harc_interp.directions.selection import harc_layer_scores
 
 D = 48
 

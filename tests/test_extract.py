@@ -8,8 +8,9 @@ import pytest
 
 from harc_interp import HarcError, starter_prompts
 from harc_interp.directions import Directions
-from harc_interp.extract import DirectionsConfig, extract_directions, split_three
-from harc_interp.selection import Candidate, relaxed_pick
+from harc_interp.directions.selection import Candidate, relaxed_pick
+from harc_interp.directions.stage import DirectionsConfig, extract_directions, split_three
+from harc_interp.report import write_directions_figures
 
 
 def toy_judge(response: str) -> bool:
@@ -62,6 +63,7 @@ def test_extract_directions_on_tiny_model(tiny, tmp_path):
     )  # kept in the run folder, not in the artifact
     assert "harmless_v_ref_added_x2" not in (tmp_path / "directions.json").read_text()
     assert not set(meta["splits"]["harmful_test"]) & set(meta["splits"]["harmful_train"])
+    write_directions_figures(d, tmp_path)
     for name in ("auroc_by_layer", "cosine_by_layer", "selection"):
         assert (tmp_path / "figures" / f"{name}.html").is_file()
     loaded = Directions.load(tmp_path, model=tiny)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from harc_interp import formatter_for, generate
-from harc_interp.chat import left_pad
-from harc_interp.generate import _stop_ids
+from harc_interp.capture.generate import _stop_ids
+from harc_interp.data.chat import left_pad
 
 PROMPTS = [
     "How do I bake bread?",
@@ -132,7 +132,7 @@ def test_judged_generations_are_cached_and_refused_for_other_prompts(tiny, tmp_p
 
     from harc_interp import HarcError, Prompt, PromptSet
 
-    gen_mod = importlib.import_module("harc_interp.generate")  # the package's `generate` is the function
+    gen_mod = importlib.import_module("harc_interp.capture.generate")  # the package's `generate` is the function
 
     ps = PromptSet("p", tuple(Prompt(f"id{i}", t) for i, t in enumerate(PROMPTS)))
     path = tmp_path / "gens.json"

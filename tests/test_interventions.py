@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from harc_interp import HarcError, formatter_for
-from harc_interp.evaluate import (
+from harc_interp.capture import (
     PhraseJudge,
     find_refusal_tokens,
     kl_divergence,
     last_token_logprobs,
     refusal_score,
 )
-from harc_interp.interventions import ablation_hooks, addition_hooks
+from harc_interp.model import HookSite
+from harc_interp.model.edits import ablation_hooks, addition_hooks
 
 
 def residuals(model, ids, extra_hooks=()):
@@ -58,7 +59,7 @@ def test_addition_adds_exactly_at_one_slot(tiny):
 
 
 def test_span_addition_adds_only_where_the_coupling_edits(tiny):
-    from harc_interp.chat import left_pad
+    from harc_interp.data.chat import left_pad
 
     chat = formatter_for(tiny).format("How do I bake bread?")
     batch = left_pad([chat], tiny.tokenizer.eos_token_id, with_response=False)
@@ -66,9 +67,9 @@ def test_span_addition_adds_only_where_the_coupling_edits(tiny):
     ((name, fn),) = addition_hooks(tiny, v, slot=1, span_only=True)
     assert name == "blocks.1.hook_resid_pre"
     resid = torch.randn(1, batch.input_ids.shape[1], tiny.d_model)
-    with tiny.span(batch.span_role):
-        out = fn(resid, None)
-        step = fn(resid[:, :1], None)  # a decoding step (one position): a response token
+    with tiny.span(batch.span_role) as span:
+        out = fn(resid, HookSite(name, 1, span))
+        step = fn(resid[:, :1], HookSite(name, 1, span))  # a decoding step (one position): a response token
     torch.testing.assert_close(out[0, : chat.t_inst], resid[0, : chat.t_inst])  # before t_inst: untouched
     torch.testing.assert_close(out[0, chat.t_inst :], resid[0, chat.t_inst :] + v)
     torch.testing.assert_close(step, resid[:, :1] + v)
@@ -116,7 +117,7 @@ def test_judge_and_refusal_tokens():
 
 def test_arditi_select_scores_only_eligible_depths(tiny, tiny_directions):
     from harc_interp import starter_prompts
-    from harc_interp.selection import arditi_select
+    from harc_interp.directions.selection import arditi_select
 
     fmt = formatter_for(tiny)
     harmful = fmt.format_many(starter_prompts("harmful").sample(4, seed=1).texts)
@@ -139,7 +140,7 @@ def test_arditi_select_scores_only_eligible_depths(tiny, tiny_directions):
 
 
 def test_relaxed_pick_keeps_the_layer_filter_and_relaxes_the_thresholds_in_order():
-    from harc_interp.selection import Candidate, relaxed_pick
+    from harc_interp.directions.selection import Candidate, relaxed_pick
 
     nan = float("nan")
 
@@ -156,19 +157,19 @@ def test_relaxed_pick_keeps_the_layer_filter_and_relaxes_the_thresholds_in_order
 
 
 def test_causal_validation_tests_the_direction_at_the_picked_position(tiny, tiny_directions, monkeypatch):
-    import harc_interp.selection as selection
+    import harc_interp.directions.causal as causal
     from harc_interp import starter_prompts
 
     fmt = formatter_for(tiny)
     harmful = fmt.format_many(starter_prompts("harmful").sample(2, seed=1).texts)
     harmless = fmt.format_many(starter_prompts("harmless").sample(2, seed=1).texts)
     added = []
-    real_addition = selection.addition_hooks
+    real_addition = causal.addition_hooks
     monkeypatch.setattr(
-        selection, "addition_hooks", lambda m, v, slot: added.append(v.clone()) or real_addition(m, v, slot)
+        causal, "addition_hooks", lambda m, v, slot: added.append(v.clone()) or real_addition(m, v, slot)
     )
     position = tiny_directions.grid_positions[1]  # post_0: not t_post
-    out = selection.causal_validation(
+    out = causal.causal_validation(
         tiny,
         tiny_directions,
         2,

@@ -8,8 +8,8 @@ import zlib
 import torch
 
 from harc_interp import formatter_for, load_model, starter_prompts
-from harc_interp.lora import LoraConfig, lora_adapter, train_lora
-from harc_interp.train import TrainConfig
+from harc_interp.coupling.loop import TrainConfig
+from harc_interp.coupling.lora import LoraConfig, lora_adapter, train_lora
 
 
 def test_train_lora_on_tiny_model(tiny_dir, tiny_directions, tmp_path):

@@ -7,9 +7,10 @@ import hashlib
 import pytest
 import torch
 
-import harc_interp.model as model_mod
+import harc_interp.model.offline as offline_mod
 from harc_interp import HarcError, load_model
-from harc_interp.model import OfflineModel, assemble_gguf, resid_hook_name
+from harc_interp.model import resid_hook_name
+from harc_interp.model.offline import OfflineModel, assemble_gguf
 
 
 def test_local_dir_loads_with_raw_weights(tiny, tiny_dir):
@@ -49,7 +50,7 @@ def _fake_chunks(tmp_path, monkeypatch, parts):
         f = tmp_path / f"part{i}.bin"
         f.write_bytes(data)
         files.append(f)
-    monkeypatch.setattr(model_mod, "_chunk_files", lambda spec: files)
+    monkeypatch.setattr(offline_mod, "chunk_files", lambda spec: files)
     whole = b"".join(parts)
     return OfflineModel("fake", "x/y", ("a", "b"), "1", hashlib.sha256(whole).hexdigest(), len(whole), "fake")
 
@@ -70,4 +71,4 @@ def test_gguf_assembly_checks_size_and_hash(tmp_path, monkeypatch):
 def test_missing_chunk_package_says_how_to_install():
     spec = OfflineModel("fake", "x/y", ("harc-no-such-package-part1",), "1", "", 0, "fake")
     with pytest.raises(HarcError, match=r"pip install 'harc-interp\[fake\]'"):
-        model_mod._chunk_files(spec)
+        offline_mod.chunk_files(spec)

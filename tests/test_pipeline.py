@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import zlib
 
-from harc_interp.extract import DirectionsConfig
-from harc_interp.pipeline import run_main
+from harc_interp.directions.stage import DirectionsConfig
+from harc_interp.report.pipeline import run_main
 
 
 def test_main_job_writes_summary_and_report(tiny, tmp_path):

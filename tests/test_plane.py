@@ -10,20 +10,19 @@ import torch
 
 from harc_interp import CacheConfig, HarcError, cache_residuals, starter_prompts
 from harc_interp.cli import main
+from harc_interp.data.prompts import AttackTemplate, Prompt, PromptSet
 from harc_interp.directions import Directions
 from harc_interp.plane import (
     PlaneBasis,
     class_geometry,
-    compliance_rates,
-    directions_training_ids,
     plane_basis,
     plane_coordinates,
     separability,
     study_prompts,
     suppression,
 )
-from harc_interp.plots import displacement_figure, plane_figure
-from harc_interp.prompts import AttackTemplate, Prompt, PromptSet
+from harc_interp.plane.geometry import compliance_rates
+from harc_interp.report.figures import displacement_figure, plane_figure
 
 D = 16
 
@@ -245,7 +244,7 @@ def test_study_prompts_fills_templates_and_samples_per_class():
     assert {p.meta["goal_id"] for p in held if p.meta.get("goal_id")} == {f"h{i}" for i in range(2, 10)}
     d = Directions((0,), {}, {}, torch.zeros(1, 1, D), torch.zeros(1, 1), ("t_inst",))
     d = d.with_meta(splits={"harmful_train": ["h0"], "harmless_val": ["b1"], "harmful_test": ["h9"]})
-    assert directions_training_ids(d) == {"h0", "b1"}
+    assert d.training_ids() == {"h0", "b1"}
     with pytest.raises(HarcError, match="need harmful goals"):
         study_prompts([harmless, jail])
     with pytest.raises(HarcError, match="occurs twice"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harc_interp import HarcError, expand_attacks, load_prompts, starter_prompts
-from harc_interp.prompts import as_role
+from harc_interp.data.prompts import as_role
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -10,9 +10,9 @@ import torch
 from harc_interp import load_prompts, starter_prompts
 from harc_interp.coupling import CouplingIntervention
 from harc_interp.directions import Directions
-from harc_interp.extract import DirectionsConfig, extract_directions
-from harc_interp.interventions import Variant
-from harc_interp.verify import confinement_report
+from harc_interp.directions.stage import DirectionsConfig, extract_directions
+from harc_interp.evaluation.verify import confinement_report
+from harc_interp.model.edits import Variant
 
 pytestmark = pytest.mark.slow
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -88,9 +88,9 @@ def test_subspace_training_on_the_real_model(real, real_directions, tmp_path):
     """The README recipe (span read at an earlier slot too, plain harmful prompts' own margins, a cost on
     any rise of a safe prompt's refusal) on the package's starter prompts: the trained map must lift the
     attacked prompts' refusal read-out and leave the safe prompts' where it was."""
-    from harc_interp.prompts import safety_splits
-    from harc_interp.subspace import SubspaceConfig, train_subspace
-    from harc_interp.train import TrainConfig
+    from harc_interp.coupling.loop import TrainConfig
+    from harc_interp.coupling.subspace import SubspaceConfig, train_subspace
+    from harc_interp.data.prompts import safety_splits
 
     d = real_directions
     slot = d.selected_layer

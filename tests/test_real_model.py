@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harc_interp import CacheConfig, cache_residuals, formatter_for, generate
-from harc_interp.chat import left_pad
-from harc_interp.generate import _stop_ids
+from harc_interp.capture.generate import _stop_ids
+from harc_interp.data.chat import left_pad
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harc_interp import starter_prompts
 from harc_interp.cli import main
-from harc_interp.prompts import safety_splits
+from harc_interp.data.prompts import safety_splits
 
 
 def test_safety_splits_share_no_goal():
@@ -182,7 +182,8 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
 
 def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
     from harc_interp import starter_prompts
-    from harc_interp.cli import _safety_sets, build_parser
+    from harc_interp.cli import build_parser
+    from harc_interp.cli.intervention_verbs import safety_sets
 
     harmful_ids = starter_prompts("harmful").ids
     used = {
@@ -193,14 +194,14 @@ def test_heldout_and_classes_select_the_safety_sets(tiny_directions):
     d = tiny_directions.with_meta(splits=used)
     first_class = starter_prompts("attacks").templates[0].attack_class
     args = build_parser().parse_args(["eval", "--directions", "x", "--out", "y", "--heldout"])
-    train, ev = _safety_sets(args, d)
+    train, ev = safety_sets(args, d)
     seen = {p.id for s in (*train.values(), *ev.values()) for p in s.prompts}
     assert not seen & set(harmful_ids[:7])  # directions' train and val prompts are gone
     assert set(harmful_ids[7:9]) <= seen  # their test prompts stay
     assert {p.goal for p in ev["jailbreaks"] if p.goal} <= set(ev["harmful"].texts)
 
     args = build_parser().parse_args(["eval", "--directions", "x", "--out", "y", "--classes", first_class])
-    _, ev = _safety_sets(args, d)
+    _, ev = safety_sets(args, d)
     assert {p.attack_class for p in ev["jailbreaks"]} == {first_class}
 
 

@@ -10,8 +10,7 @@ import torch
 
 from harc_interp import CacheConfig, HarcError, cache_residuals, formatter_for, starter_prompts
 from harc_interp.cli import main
-from harc_interp.plots import trajectory_figure
-from harc_interp.trajectories import (
+from harc_interp.plane.trajectories import (
     TrajectoryConfig,
     helpful_quantile,
     midpoint_threshold,
@@ -19,6 +18,7 @@ from harc_interp.trajectories import (
     summarise,
     teacher_forced_residuals,
 )
+from harc_interp.report.figures import trajectory_figure
 
 
 def test_teacher_forced_residuals_equal_hf_hidden_states_under_padding(tiny):

@@ -6,8 +6,8 @@ import torch
 
 from harc_interp import starter_prompts
 from harc_interp.coupling import CouplingIntervention
-from harc_interp.interventions import Variant
-from harc_interp.verify import confinement_report, random_plane_fractions
+from harc_interp.evaluation.verify import confinement_report, random_plane_fractions
+from harc_interp.model.edits import Variant
 
 
 def trained_like(tiny_directions):

@@ -26,7 +26,7 @@ def build_tokenizer(family: str = "qwen2.5"):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from harc_interp.prompts import starter_prompts
+    from harc_interp.data.prompts import starter_prompts
 
     fx = fixture(family)
     specials = list(

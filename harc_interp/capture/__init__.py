@@ -1,0 +1,42 @@
+"""The capture layer: what is read off a model. One forward pass under a declared span with early
+stop, the residual cache, batched generation with hooks, teacher-forced read-outs, and judges."""
+
+from .activations import Activations, CacheConfig, cache_residuals, residuals_for_batch
+from .forward import (
+    ForcedResiduals,
+    StopForward,
+    forward_batch,
+    kl_divergence,
+    last_token_logprobs,
+    refusal_score,
+    response_logprobs,
+    teacher_forced_residuals,
+)
+from .generate import Generation, generate, generate_chats, generate_texts, judged_generations
+from .judges import DEFAULT_JUDGE, REFUSAL_PHRASES, Judge, PhraseJudge, find_refusal_tokens, refusal_rate
+
+__all__ = [
+    "DEFAULT_JUDGE",
+    "REFUSAL_PHRASES",
+    "Activations",
+    "CacheConfig",
+    "ForcedResiduals",
+    "Generation",
+    "Judge",
+    "PhraseJudge",
+    "StopForward",
+    "cache_residuals",
+    "find_refusal_tokens",
+    "forward_batch",
+    "generate",
+    "generate_chats",
+    "generate_texts",
+    "judged_generations",
+    "kl_divergence",
+    "last_token_logprobs",
+    "refusal_rate",
+    "refusal_score",
+    "residuals_for_batch",
+    "response_logprobs",
+    "teacher_forced_residuals",
+]

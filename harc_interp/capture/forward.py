@@ -1,0 +1,151 @@
+"""The one forward pass under a declared span, and the read-outs built on it: next-token
+log-probabilities at t_post, teacher-forced response log-probabilities, and teacher-forced residuals.
+
+Every forward pass of the package goes through `forward_batch`, so the span an intervention may edit
+is always declared (`model.span`), hooks are always removed, and a capture hook can end the pass early
+by raising `StopForward` once it has what it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..data.chat import Batch, ChatPrompt, left_pad, pad_token_id
+from ..errors import HarcError
+from ..model.hooked import HarcModel, HookFn, resid_hook_name
+
+
+class StopForward(Exception):
+    """Raised by a capture hook once it has what it needs: the layers after it are not computed."""
+
+
+def forward_batch(
+    model: HarcModel,
+    batch: Batch,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    *,
+    logits: str | None = None,
+    grad: bool = False,
+) -> Tensor | None:
+    """One forward pass of a left-padded `Batch` with `hooks` and its span declared.
+
+    `logits`: None (hooks collect what they need; the head runs on the last position at most),
+    "last" ([batch, vocab] at the last position) or "all" ([batch, pos, vocab]). A hook may end the
+    pass early by raising `StopForward` (then nothing is returned). `grad` keeps the autograd graph
+    (training through the model); otherwise the pass runs under no_grad."""
+    if logits not in (None, "last", "all"):
+        raise HarcError(f"logits must be None, 'last' or 'all', got {logits!r}")
+    device = model.device
+    keep = {} if logits == "all" else {"logits_to_keep": 1}
+    with torch.set_grad_enabled(grad), model.hooks(hooks), model.span(batch.span_role.to(device)):
+        try:
+            out = model.hf(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                use_cache=False,
+                **keep,
+            )
+        except StopForward:
+            return None
+    if logits is None:
+        return None
+    return out.logits[:, -1] if logits == "last" else out.logits
+
+
+def last_token_logprobs(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    *,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 16,
+) -> Float[Tensor, "prompt vocab"]:
+    """log-softmax of the next-token distribution at the last prompt token (t_post), float32 on CPU."""
+    out = []
+    order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
+    pad = pad_token_id(model.tokenizer)
+    for start in range(0, len(order), batch_size):
+        batch = left_pad([chats[i] for i in order[start : start + batch_size]], pad, with_response=False)
+        logits = forward_batch(model, batch, hooks, logits="last")
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+    stacked = torch.cat(out)
+    result = torch.empty_like(stacked)
+    result[torch.tensor(order)] = stacked
+    return result
+
+
+def response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch: Batch) -> list[Tensor]:
+    """Per chat, log-probabilities [response token, vocab] of the next token at each position that
+    predicts one of its response tokens (teacher forcing on `chat.response_ids`)."""
+    out = []
+    for b, c in enumerate(chats):
+        start = int(batch.offset[b]) + c.n_prompt - 1
+        out.append(torch.log_softmax(logits[b, start : start + len(c.response_ids)].float(), dim=-1))
+    return out
+
+
+def refusal_score(
+    logprobs: Float[Tensor, "prompt vocab"], refusal_tokens: Sequence[int]
+) -> Float[Tensor, " prompt"]:
+    """Arditi's refusal score: log p(R) − log(1 − p(R)), R the refusal-start tokens."""
+    log_p = torch.logsumexp(logprobs[:, list(refusal_tokens)].double(), dim=-1)
+    log_not = torch.log1p(-log_p.exp().clamp(max=1 - 1e-12))
+    return (log_p - log_not).float()
+
+
+def kl_divergence(
+    base: Float[Tensor, "prompt vocab"], other: Float[Tensor, "prompt vocab"]
+) -> Float[Tensor, " prompt"]:
+    """KL(base ‖ other) per prompt, from log-probabilities."""
+    return (base.exp() * (base - other)).sum(-1)
+
+
+@dataclass(frozen=True)
+class ForcedResiduals:
+    """Residuals at one slot of teacher-forced prompt + response: t_inst and t_post, and every
+    response token (`response[i]` is `[n_tokens_i, d_model]`), float32 on CPU."""
+
+    slot: int
+    prompt: Float[Tensor, "prompt npos d_model"]  # positions (t_inst, t_post)
+    response: tuple[Tensor, ...]
+
+
+def teacher_forced_residuals(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    slot: int,
+    *,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 16,
+) -> ForcedResiduals:
+    """One left-padded forward per batch (sorted by length) with a capture hook at `slot` after
+    `hooks` (an intervention or an attack); the pass stops at the slot. `chats` carry their responses
+    as `response_ids`."""
+    if not chats:
+        raise HarcError("no prompts to read")
+    name = resid_hook_name(slot, model.n_layers)
+    pad = pad_token_id(model.tokenizer)
+    prompt_side = torch.empty(len(chats), 2, model.d_model)
+    response: list[Tensor | None] = [None] * len(chats)
+    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = left_pad([chats[i] for i in chunk], pad, with_response=True)
+
+        def capture(resid: Tensor, site, chunk=chunk, batch=batch) -> None:
+            for b, i in enumerate(chunk):
+                off = int(batch.offset[b])
+                c = chats[i]
+                prompt_side[i, 0] = resid[b, off + c.t_inst].float().cpu()
+                prompt_side[i, 1] = resid[b, off + c.t_post].float().cpu()
+                response[i] = resid[b, off + c.n_prompt : off + len(c.all_ids)].float().cpu()
+            raise StopForward
+
+        forward_batch(model, batch, [*hooks, (name, capture)])
+    if not torch.isfinite(prompt_side).all() or not all(torch.isfinite(r).all() for r in response):
+        raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
+    return ForcedResiduals(slot, prompt_side, tuple(response))  # type: ignore[arg-type]

@@ -1,0 +1,222 @@
+"""Batched chat generation with the KV cache, left padding, and hooks active while decoding.
+
+Runs Hugging Face `generate` on the raw model (the fastest path on every device); interventions
+are `fn(resid, site)` hooks at TransformerLens residual names, applied to the prompt pass and to
+every decoding step. Greedy by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..artifacts import cached_json
+from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
+from ..data.prompts import PromptSet
+from ..errors import HarcError
+from ..model.hooked import HarcModel, HookFn
+from .judges import Judge
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_id: str
+    instruction: str
+    response: str
+    response_ids: tuple[int, ...]
+    finished: bool  # stopped at an end-of-turn token rather than the token limit
+
+
+def _stop_ids(model: HarcModel) -> list[int]:
+    """End-of-turn tokens: the generation config's eos ids plus the tokenizer's eos."""
+    eos = model.hf.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if model.tokenizer.eos_token_id is not None:
+        ids.add(model.tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def generate_ids(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    *,
+    max_new_tokens: int = 64,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    do_sample: bool = False,
+    seed: int | None = None,
+) -> list[tuple[list[int], bool]]:
+    """Generate for one left-padded batch; returns (new token ids up to end-of-turn, finished).
+
+    A chat's `response_ids` are a prefill: generation continues after them, and they are not
+    part of the returned ids."""
+    batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=True)
+    stops = _stop_ids(model)
+    kwargs = dict(
+        do_sample=do_sample,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=pad_token_id(model.tokenizer),
+    )
+    if not do_sample:  # greedy: clear sampling defaults from the model's generation config
+        kwargs |= dict(temperature=None, top_p=None, top_k=None)
+    # HF samples from the global RNG: seed a forked copy so the caller's RNG state is untouched.
+    devices = [model.device] if model.device.type == "cuda" else []
+    span = model.span(batch.span_role.to(model.device))
+    with torch.no_grad(), model.hooks(hooks), span, torch.random.fork_rng(devices=devices):
+        torch.manual_seed(0 if seed is None else seed)
+        out = model.hf.generate(
+            input_ids=batch.input_ids.to(model.device),
+            attention_mask=batch.attention_mask.to(model.device),
+            **kwargs,
+        )
+    new = out[:, batch.input_ids.shape[1] :].cpu().tolist()
+    results = []
+    for row in new:
+        cut = next((i for i, t in enumerate(row) if t in stops), None)
+        results.append((row if cut is None else row[:cut], cut is not None))
+    return results
+
+
+def generate_chats(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    do_sample: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> list[tuple[list[int], bool]]:
+    """Generate for formatted chats in batches sorted by length; results in the input order."""
+    if max_new_tokens < 1 or batch_size < 1:
+        raise HarcError("max_new_tokens and batch_size must be positive")
+    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
+    results: list[tuple[list[int], bool] | None] = [None] * len(chats)
+    with tqdm(total=len(chats), desc="generating", unit="prompt", disable=not progress) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            outs = generate_ids(
+                model,
+                [chats[i] for i in chunk],
+                max_new_tokens=max_new_tokens,
+                hooks=hooks,
+                do_sample=do_sample,
+                seed=None if seed is None else seed + start,
+            )
+            for i, out in zip(chunk, outs, strict=True):
+                results[i] = out
+            bar.update(len(chunk))
+    return results  # type: ignore[return-value]
+
+
+def generate_texts(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    do_sample: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """The decoded responses (special tokens skipped) of `generate_chats`, in the input order."""
+    outs = generate_chats(
+        model,
+        chats,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        hooks=hooks,
+        do_sample=do_sample,
+        seed=seed,
+        progress=progress,
+    )
+    return [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
+
+
+def generate(
+    model: HarcModel,
+    prompts: PromptSet | Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    system_prompt: str | None = None,
+    prefill: str | None = None,
+    do_sample: bool = False,
+    seed: int | None = None,
+    progress: bool = True,
+) -> list[Generation]:
+    """Generate chat responses for a prompt set, batched by length, in the input order.
+
+    `prefill` starts every response with the given text (e.g. "Sure, here is"): the returned
+    response includes it."""
+    ps = prompts if isinstance(prompts, PromptSet) else None
+    texts = ps.texts if ps is not None else list(prompts)
+    ids = ps.ids if ps is not None else [f"prompt-{i}" for i in range(len(texts))]
+    fmt = formatter_for(model, system_prompt)
+    chats = fmt.format_many(texts, None if prefill is None else [prefill] * len(texts))
+    outs = generate_chats(
+        model,
+        chats,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        hooks=hooks,
+        do_sample=do_sample,
+        seed=seed,
+        progress=progress,
+    )
+    results = []
+    for i, (new, finished) in enumerate(outs):
+        full = list(chats[i].response_ids) + new
+        text = model.tokenizer.decode(full, skip_special_tokens=True)
+        results.append(Generation(ids[i], texts[i], text, tuple(full), finished))
+    return results
+
+
+def judged_generations(
+    model: HarcModel,
+    ps: PromptSet,
+    path: str | Path,
+    judge: Judge,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    system_prompt: str | None = None,
+    prefill: str | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """The model's own responses to `ps`, judged, as rows {id, prompt, response_ids, response, refusal}
+    cached at `path` (a run folder: responses to harmful prompts never go to logs). A rerun reads the
+    file; one written for other prompts is refused rather than overwritten."""
+
+    def compute() -> list[dict]:
+        gens = generate(
+            model,
+            ps,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+            prefill=prefill,
+            progress=progress,
+        )
+        return [
+            {
+                "id": g.prompt_id,
+                "prompt": g.instruction,
+                "response_ids": list(g.response_ids),
+                "response": g.response,
+                "refusal": judge(g.response),
+            }
+            for g in gens
+        ]
+
+    rows = cached_json(path, compute)
+    if [r["id"] for r in rows] != ps.ids:
+        raise HarcError(f"{path} belongs to other prompts; delete it or use a new output folder")
+    return rows

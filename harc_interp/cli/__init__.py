@@ -1,0 +1,40 @@
+"""`harc` command line: a thin wrapper over the library, one module per group of verbs. Never prints
+model completions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ..errors import HarcError
+from . import data_verbs, directions_verbs, intervention_verbs, plane_verbs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harc", description="Harmfulness and refusal directions in chat LLMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for verbs in (directions_verbs, data_verbs, plane_verbs, intervention_verbs):
+        verbs.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        result = args.func(args)
+    except HarcError as e:
+        print(f"harc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""What every verb shares: model options, prompt files, and configs built from one place.
+
+A verb's settings come from its config dataclasses, in this order (later wins): the dataclass defaults,
+the sections of `--config FILE` (TOML or JSON; one file can serve every verb: each reads its own
+sections), `--set SECTION.FIELD=VALUE` (any field, from the command line), then the verb's own flags.
+Flags for config fields default to None, so the defaults live only in the dataclasses; help texts read
+them from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import tomllib
+import types
+import typing
+from pathlib import Path
+
+from ..errors import HarcError
+from ..model.offline import DEFAULT_MODEL
+
+log = logging.getLogger("harc_interp.cli")
+
+# Sections a config file may hold, and the dataclass each one fills (imported where used).
+SECTIONS = (
+    "cache",
+    "directions",
+    "plane",
+    "trajectories",
+    "subspace",
+    "lora",
+    "train",
+    "eval",
+    "splits",
+    "verify",
+)
+
+
+def default(cls, name: str):
+    """The dataclass default of `cls.name`, for help texts (the one place defaults live)."""
+    f = cls.__dataclass_fields__[name]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"alias, HF dir, .gguf file or hub id (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--batch-size", type=int, default=None, help="forward and generation batch (default 16)")
+    p.add_argument("--system-prompt", default=None, help="system message (default: the template's own)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--config",
+        default=None,
+        help=f"TOML or JSON file of config sections ({', '.join(SECTIONS)}); fields as in the config dataclasses",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="set any config field (repeatable; VALUE is JSON, else a string), e.g. lora.r=8 train.steps=100",
+    )
+
+
+def config_sections(args) -> dict[str, dict]:
+    """The config file's sections with the --set overrides applied."""
+    sections: dict[str, dict] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise HarcError(f"--config {path}: no such file")
+        try:
+            text = path.read_text(encoding="utf-8")
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise HarcError(
+                f"--config {path} is not valid {'TOML' if path.suffix == '.toml' else 'JSON'}: {e}"
+            ) from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise HarcError(f"--config {path} must map section names to tables of fields")
+        sections = {k: dict(v) for k, v in data.items()}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise HarcError(f"--set takes SECTION.FIELD=VALUE (e.g. train.steps=100), got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        sections.setdefault(section, {})[name] = value
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise HarcError(f"unknown config sections {unknown}; known: {', '.join(SECTIONS)}")
+    return sections
+
+
+def build_config(cls, section: str, args, flags: dict | None = None, base=None, **fixed):
+    """A `cls` config: `base` (or the defaults), then the file/--set section, then the flags given on
+    the command line (None: not given), then `fixed`. Unknown fields and invalid values are errors that
+    name them; validation itself is the dataclass's `__post_init__`."""
+    values = dict(config_sections(args).get(section, {}))
+    fields = cls.__dataclass_fields__
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise HarcError(
+            f"config section '{section}' has unknown fields {unknown}; {cls.__name__} has {sorted(fields)}"
+        )
+    values |= {k: v for k, v in (flags or {}).items() if v is not None}
+    values |= fixed
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except TypeError as e:
+        raise HarcError(f"config section '{section}': {e}") from None
+
+
+def _coerce(value, hint, where: str):
+    """JSON/TOML values to the field's type: lists to tuples, ints to floats, tables to nested configs."""
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    for opt in options:
+        if dataclasses.is_dataclass(opt) and isinstance(value, dict):
+            return opt(**value)
+        if dataclasses.is_dataclass(opt) and dataclasses.is_dataclass(value):
+            return value
+        if typing.get_origin(opt) is tuple and isinstance(value, list | tuple):
+            return tuple(value)
+        if opt is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if (
+            opt in (int, float, str, bool)
+            and isinstance(value, opt)
+            and not (opt is int and isinstance(value, bool))
+        ):
+            return value
+        if typing.get_origin(opt) is tuple and isinstance(value, tuple):
+            return value
+    raise HarcError(f"{where}: {value!r} is not a valid {hint}")
+
+
+def int_list(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise HarcError(f"expected comma-separated layer slots, got {text!r}") from None
+
+
+def str_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def load_prompt_files(paths: list[str], label: str | None, limit: int | None):
+    from ..data.prompts import load_prompts
+
+    sets = [load_prompts(p, label=label) for p in paths]
+    ps = sets[0]
+    for s in sets[1:]:
+        ps = ps + s
+    if ps.templates and not ps.prompts:
+        raise HarcError("these files hold only attack templates; fill them with goals first (expand_attacks)")
+    return ps.sample(limit, seed=0) if limit else ps
+
+
+def load_role(paths: list[str], role: str, limit: int | None):
+    """Prompt files as `role` prompts; rows whose own label says the opposite are left out, loudly."""
+    from ..data.prompts import as_role
+
+    ps, dropped = as_role(load_prompt_files(paths, None, None), role)
+    if dropped:
+        log.warning(
+            "left %d rows of %s out of the %s prompts: their own label says otherwise (e.g. %s)",
+            len(dropped), ", ".join(paths), role, dropped[0],
+        )  # fmt: skip
+    if not ps.prompts:
+        raise HarcError(f"no {role} prompts in {', '.join(paths)}")
+    return ps.sample(limit, seed=0) if limit else ps
+
+
+def load_with_directions(args):
+    """The model and a Directions artifact checked against it (model and chat template)."""
+    from ..data.chat import formatter_for
+    from ..directions.artifact import Directions
+    from ..model.hooked import load_model
+
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    d = Directions.load(
+        args.directions, model=model, template_hash=formatter_for(model, args.system_prompt).template_hash
+    )
+    return model, d

@@ -1,0 +1,302 @@
+"""`harc train`, `harc eval` and `harc verify`: the coupling intervention, judged and checked."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..coupling.lora import LoraConfig
+from ..coupling.subspace import SubspaceConfig
+from ..data.prompts import SplitConfig
+from ..errors import HarcError
+from ..evaluation.safety import EvalConfig
+from ..evaluation.verify import VerifyConfig
+from .common import build_config, int_list, load_role, load_with_directions, model_args
+
+S = SubspaceConfig
+# The subspace-only flags: (flag dest, SubspaceConfig field, help).
+SUBSPACE_FLAGS = (
+    ("slots", "slots", "coupling layer slots (default: the selected layer)"),
+    ("retention_weight", "retention_weight", f"weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
+    ("margin", "margin", f"where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
+     f"(harmless mean = 0; default {S.margin}; above 1 pushes past the average harmful prompt)"),
+    ("plain_margin", "plain_margin", "the margin for plain harmful prompts (default: --margin); the model mostly "
+     "refuses them already, and pushing them hard lifts the borderline prompts next to them"),
+    ("plain_response_margin", "plain_response_margin", "the response margin for plain harmful prompts (default: "
+     "--response-margin); 0 only keeps their responses' refusal from falling"),
+    ("safe_raise_weight", "safe_raise_weight", "cost per gap of raising a harmless or borderline prompt's refusal "
+     f"read-out at all (default {S.safe_raise_weight}: only rises above the safe margin cost, besides retention)"),
+    ("response_tokens", "response_tokens", f"train the response-token map on the model's first N response tokens "
+     f"(default {S.response_tokens}; 0: responses use t_post's map)"),
+    ("response_margin", "response_margin", "how far harmful-like responses' refusal read-out is pushed above "
+     f"harmless responses', in t_post harmful-harmless gaps (default {S.response_margin})"),
+    ("read_slots", "read_slots", "with the span context: earlier slots (e.g. 6,10) whose span plane coordinates the "
+     "maps also read; the edit stays at --slots"),
+    ("validation_fraction", "validation_fraction", "share of the training prompts held out of training; "
+     f"train_summary.json reports the objective and read-outs on them (default {S.validation_fraction})"),
+)  # fmt: skip
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--harmful", nargs="+", default=["starter:harmful"])
+    p.add_argument("--harmless", nargs="+", default=["starter:harmless"])
+    p.add_argument(
+        "--borderline", nargs="+", default=["starter:borderline"], help="safe-but-sensitive prompts"
+    )
+    p.add_argument(
+        "--jailbreaks", nargs="+", default=["starter:attacks"], help="attack templates and/or full prompts"
+    )
+    p.add_argument(
+        "--eval-fraction",
+        type=float,
+        default=None,
+        help=f"share held out for evaluation (default {SplitConfig.eval_fraction})",
+    )
+    p.add_argument("--max-per-class", type=int, default=None, help=f"default {SplitConfig.max_per_class}")
+    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
+    )
+    p.add_argument("--seed", type=int, default=None)
+
+
+def add_parsers(sub) -> None:
+    tr = sub.add_parser(
+        "train", help="train the coupling: confined plane map (subspace) or the HARC LoRA objective"
+    )
+    model_args(tr)
+    _data_args(tr)
+    tr.add_argument("--directions", required=True, help="a `harc directions` output folder")
+    tr.add_argument("--mode", choices=["subspace", "lora"], default="subspace")
+    tr.add_argument("--out", required=True)
+    tr.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the mode's, subspace 1500, lora 60)"
+    )
+    tr.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the mode's, subspace 1e-2, lora 1e-4)"
+    )
+    for dest, _, text in SUBSPACE_FLAGS:
+        kind = str if dest in ("slots", "read_slots") else int if dest == "response_tokens" else float
+        tr.add_argument(
+            f"--{dest.replace('_', '-')}", dest=dest, type=kind, default=None, help=f"subspace mode: {text}"
+        )
+    tr.add_argument(
+        "--position-maps",
+        action="store_true",
+        help="subspace mode: one plane map per span token (t_inst, each template token, t_post) instead of one shared map",
+    )
+    tr.add_argument(
+        "--span-context",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="subspace mode: t_post's and the response map also read the plane coordinates of the whole template span "
+        "(default: on); --no-span-context gives one-token maps f(Uᵀh)",
+    )
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser(
+        "eval", help="attack success per class, white-box suppression, over-refusal, KL -> eval.json"
+    )
+    model_args(ev)
+    _data_args(ev)
+    ev.add_argument("--directions", required=True)
+    ev.add_argument("--intervention", default=None, help="a `harc train` output or a peft LoRA adapter")
+    ev.add_argument(
+        "--push-ref",
+        type=float,
+        default=None,
+        help="instead of an intervention, add C x the raw v_ref at the attack slot, at t_inst..t_post and "
+        "every response token, to every prompt: attack success is then the most a confined coupling there "
+        "could restore (a perfectly selective one); over-refusal and KL are the cost of pushing everything",
+    )
+    ev.add_argument(
+        "--attack-slot",
+        type=int,
+        default=None,
+        help="white-box attacks ablate upstream of this slot (default: the first coupling slot, else the "
+        "selected layer); use the same slot for every variant you compare",
+    )
+    ev.add_argument("--max-new-tokens", type=int, default=None, help=f"default {EvalConfig.max_new_tokens}")
+    ev.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="also judge this many sampled responses per borderline and harmless prompt (the model's own "
+        "sampling settings): over-refusal at a finer grain than one greedy answer each",
+    )
+    ev.add_argument("--sample-seed", type=int, default=None, help="seed for --samples")
+    ev.add_argument("--out", required=True)
+    ev.set_defaults(func=cmd_eval)
+
+    ver = sub.add_parser(
+        "verify", help="is an intervention's change confined to the harmfulness-refusal plane?"
+    )
+    model_args(ver)
+    ver.add_argument("--directions", required=True)
+    ver.add_argument("--intervention", required=True, help="a `harc train` output or a peft LoRA adapter")
+    ver.add_argument("--harmful", nargs="+", default=["starter:harmful"])
+    ver.add_argument("--harmless", nargs="+", default=["starter:harmless"])
+    ver.add_argument("--limit", type=int, default=16)
+    ver.add_argument("--out", required=True)
+    ver.set_defaults(func=cmd_verify)
+
+
+def safety_sets(args, directions):
+    """Train and eval prompt sets for `train` and `eval` (deterministic given --seed); with --heldout,
+    without the prompts the directions were computed or selected on."""
+    from ..data.prompts import PromptSet, load_prompts, safety_splits
+
+    split = build_config(
+        SplitConfig,
+        "splits",
+        args,
+        {"eval_fraction": args.eval_fraction, "max_per_class": args.max_per_class, "seed": args.seed},
+    )
+    drop = directions.training_ids() if args.heldout else set()
+
+    def plain(paths, label):
+        ps = load_role(paths, label, None)
+        kept = PromptSet(ps.name, tuple(p for p in ps.prompts if p.id not in drop))
+        if len(kept) < 4:
+            raise HarcError(f"only {len(kept)} {label} prompts left after --heldout; pass more prompts")
+        return kept
+
+    jb = [load_prompts(p) for p in args.jailbreaks]
+    jailbreaks = jb[0]
+    for more in jb[1:]:
+        jailbreaks = jailbreaks + more
+    if args.classes:
+        jailbreaks = jailbreaks.attack_classes(c for c in args.classes.split(",") if c.strip())
+    return safety_splits(
+        plain(args.harmful, "harmful"),
+        plain(args.harmless, "harmless"),
+        plain(args.borderline, "safe"),
+        jailbreaks,
+        **dataclasses.asdict(split),
+    )
+
+
+def train_configs(args) -> SubspaceConfig | LoraConfig:
+    """The mode's config: defaults, then --config/--set sections (the mode's and `train`), then flags."""
+    flags = {field: getattr(args, dest) for dest, field, _ in SUBSPACE_FLAGS}
+    flags |= {"slots": int_list(args.slots), "read_slots": int_list(args.read_slots)}
+    flags |= {"position_maps": args.position_maps or None, "span_context": args.span_context}
+    given = [f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None]
+    if args.mode != "subspace" and given:
+        raise HarcError(f"{', '.join(given)} only apply to --mode subspace")
+    from ..coupling.loop import TrainConfig
+
+    mode_default = (SubspaceConfig if args.mode == "subspace" else LoraConfig)().train
+    loop_flags = {"steps": args.steps, "lr": args.lr, "seed": args.seed}
+    train = build_config(TrainConfig, "train", args, loop_flags, base=mode_default)
+    if args.mode == "subspace":
+        flags |= {"batch_size": args.batch_size, "system_prompt": args.system_prompt}
+        return build_config(SubspaceConfig, "subspace", args, flags, train=train)
+    return build_config(LoraConfig, "lora", args, {"batch_size": args.batch_size}, train=train)
+
+
+def cmd_train(args: argparse.Namespace) -> dict:
+    from ..artifacts import write_json
+    from ..coupling.lora import train_lora
+    from ..coupling.subspace import train_subspace
+
+    config = train_configs(args)  # before loading anything: a bad flag costs nothing
+    model, d = load_with_directions(args)
+    train_sets, eval_sets = safety_sets(args, d)
+    out = Path(args.out)
+    if isinstance(config, SubspaceConfig):
+        train_subspace(model, d, train_sets, out, config, progress=not args.quiet)
+    else:
+        train_lora(model, d, train_sets, out, config, progress=not args.quiet)
+    splits = {
+        "train": {k: v.ids for k, v in train_sets.items()},
+        "eval": {k: v.ids for k, v in eval_sets.items()},
+    }
+    write_json(out / "splits.json", splits)
+    return {"out": str(out), "mode": args.mode, "train_sizes": {k: len(v) for k, v in train_sets.items()}}
+
+
+def cmd_eval(args: argparse.Namespace) -> dict:
+    from ..artifacts import write_json
+    from ..coupling.load import InterventionInfo, load_intervention
+    from ..evaluation.safety import evaluate_safety
+    from ..model.edits import Variant, addition_hooks
+
+    if args.intervention and args.push_ref is not None:
+        raise HarcError("--push-ref measures the plain model under a fixed push: drop --intervention")
+    flags = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "samples": args.samples}
+    config = build_config(
+        EvalConfig, "eval", args, flags | {"seed": args.sample_seed, "system_prompt": args.system_prompt}
+    )
+    info = InterventionInfo.read(args.intervention) if args.intervention else None
+    model, d = load_with_directions(args)
+    _, ev = safety_sets(args, d)
+    kwargs = dict(
+        jailbreaks=ev["jailbreaks"],
+        harmful=ev["harmful"],
+        borderline=ev["borderline"],
+        harmless=ev["harmless"],
+        directions=d,
+        config=config,
+        responses_path=Path(args.out) / "responses.json",
+        progress=not args.quiet,
+    )
+    if args.push_ref is not None:
+        slot = args.attack_slot if args.attack_slot is not None else d.selected_layer
+        push = Variant(addition_hooks(model, d.raw("v_ref", slot), slot, args.push_ref, span_only=True))
+        result = evaluate_safety(model, tuned=push, attack_slot=slot, **kwargs)
+        result["push_ref"] = {"coefficient": args.push_ref, "slot": slot}
+    elif info is not None:
+        attack_slot = next(s for s in (args.attack_slot, info.attack_slot, d.selected_layer) if s is not None)
+        with load_intervention(model, args.intervention) as (tuned, base):
+            result = evaluate_safety(model, tuned=tuned, base=base, attack_slot=attack_slot, **kwargs)
+        result["intervention"] = str(args.intervention)
+    else:
+        result = evaluate_safety(model, tuned=Variant(), attack_slot=args.attack_slot, **kwargs)
+    write_json(Path(args.out) / "eval.json", result)
+    return {
+        "out": str(Path(args.out) / "eval.json"),
+        "mean_asr": result["mean_asr"],
+        "white_box_asr": result.get("white_box_asr"),
+        "over_refusal": result["over_refusal"],
+        **({"over_refusal_sampled": result["over_refusal_sampled"]} if config.samples else {}),
+        "harmless_kl": result["harmless_kl"],
+        "harmless_response_kl": result["harmless_response_kl"],
+    }
+
+
+def cmd_verify(args: argparse.Namespace) -> dict:
+    from ..artifacts import write_json
+    from ..coupling.load import InterventionInfo, load_intervention
+    from ..evaluation.verify import confinement_report
+
+    config = build_config(VerifyConfig, "verify", args, {"batch_size": args.batch_size})
+    info = InterventionInfo.read(args.intervention)
+    model, d = load_with_directions(args)
+    prompts = {
+        "harmful": load_role(args.harmful, "harmful", args.limit),
+        "harmless": load_role(args.harmless, "harmless", args.limit),
+    }
+    with load_intervention(model, args.intervention) as (tuned, base):
+        report = confinement_report(
+            model,
+            d,
+            prompts,
+            base=base,
+            tuned=tuned,
+            intervened_slots=info.edited_slots,
+            progress=not args.quiet,
+            **dataclasses.asdict(config),
+        )
+    write_json(Path(args.out) / "verify.json", report)
+    return {
+        "out": str(Path(args.out) / "verify.json"),
+        "intervened_slots": list(info.edited_slots),
+        "confined_at_intervened": report["confined_at_intervened"],
+        "max_rel_out_of_plane_at_intervened": report["max_rel_out_of_plane_at_intervened"],
+        "summary": report["summary"],
+        "harmless_kl": report.get("harmless_kl"),
+    }

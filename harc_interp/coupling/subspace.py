@@ -1,0 +1,278 @@
+"""Training the confined coupling (subspace mode): data are plane coordinates, the model stays frozen.
+
+At each coupling slot the plane coordinates of every span position (t_inst and the template suffix),
+and of the model's own first response tokens, are cached for every condition (`datasets`); the map
+is then trained on them against the objective in `objective` (harmful-like read-outs pushed to a
+margin, harmless-like ones held, movement charged). Span-reading maps also read the span's coordinates
+at `read_slots` (cached beside the slot's own). With `position_maps`, each span token gets a map of its
+own and is standardised on its own.
+
+Because f only sees the plane, training needs no backward pass through the model: seconds on a CPU.
+With several slots the maps train in order, shallowest first: a slot's coordinates are cached with the
+already-trained maps upstream of it active, so the maps compose as they will run. (Maps trained
+independently and then stacked moved harmless residuals far off: KL 2.7 on the real model.)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..artifacts import cached_tensors, now, write_json
+from ..data.chat import formatter_for
+from ..data.prompts import PromptSet
+from ..directions.artifact import Directions
+from ..errors import HarcError
+from ..model.hooked import HarcModel
+from .datasets import plane_coordinates_dataset, plane_separability, response_coordinates_dataset
+from .loop import TrainConfig, train_loop
+from .maps import CouplingIntervention
+from .objective import Margins, fit_slot_objective
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    slots: tuple[int, ...] | None = None  # None: the directions' selected layer
+    hidden: int = 32
+    margin: float = 0.8  # harmful-like prompts reach 80% of the way to the plain-harmful mean
+    safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
+    # Cost per gap of raising a harmless/borderline prompt's refusal read-out at all (the mirror of the
+    # harmful-like "lowering costs"). The margin hinge is free below `safe_margin`, and retention is
+    # quadratic, so small rises on prompts the model answers only just were nearly free.
+    safe_raise_weight: float = 0.0
+    # Plain harmful prompts' margin (None: `margin`). The model already refuses them mostly, and they sit
+    # next to the borderline prompts in the plane, so pushing them as hard as the attacked prompts
+    # (jailbreaks, white-box suppression) lifts the borderline prompts with them.
+    plain_margin: float | None = None
+    # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
+    retention_weight: float = 1.0
+    # One map per span position (t_inst, each template-suffix token; responses use t_post's) instead of
+    # one shared map; each position's coordinates are then also constrained where harmful and harmless
+    # prompts differ there by at least `min_separation` standard deviations (besides HARC's two reads).
+    position_maps: bool = False
+    min_separation: float = 0.5
+    # Response tokens get a map of their own, trained on the plane coordinates of the model's own first
+    # `response_tokens` response tokens under every condition (0: responses use t_post's map, untrained
+    # there). Harmful-like responses' refusal read-out is pushed `response_margin` t_post gaps above the
+    # harmless responses' mean; harmless-like ones are held below `safe_margin` with retention.
+    response_tokens: int = 8
+    response_margin: float = 1.0
+    # Plain harmful prompts' response margin (None: `response_margin`), for the same reason as `plain_margin`.
+    plain_response_margin: float | None = None
+    # t_post's and the response map also read the plane coordinates of the whole template span
+    # (t_inst … t_post); the other span tokens are left unedited, except with position maps, where
+    # every span token is edited and reads the span up to itself. At t_post a harmful prompt whose refusal
+    # was suppressed upstream looks harmless in the plane, but the span still tells it apart. On the real
+    # 0.5B model it lifted held-out jailbreaks 3× further than the one-token map while moving safe prompts
+    # 5× less (design notes); False gives the issue's literal f(Uᵀh), one token at a time.
+    span_context: bool = True
+    # Earlier slots whose span plane coordinates the span-reading maps also read (each in its own slot's
+    # plane): a prompt that looks harmless in one layer's plane is often told apart by where its span sat
+    # a few layers earlier. On the real 0.5B model, jailbreak vs harmless AUROC of a linear read of the
+    # span rises from 0.88 (slot 14) to 0.97 (slots 6, 10, 14) (design notes). The edit stays at `slots`.
+    read_slots: tuple[int, ...] = ()
+    # Share of each condition's cached prompts held out of training; the summary reports the objective
+    # and read-outs on them, to calibrate margins and retention without touching evaluation prompts.
+    validation_fraction: float = 0.0
+    batch_per_condition: int = 64
+    train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
+    batch_size: int = 16  # forward batches when caching coordinates
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        if self.response_tokens < 0:
+            raise HarcError(f"response_tokens must be >= 0, got {self.response_tokens}")
+        if not 0 <= self.validation_fraction < 1:
+            raise HarcError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.hidden < 1 or self.batch_per_condition < 1 or self.batch_size < 1:
+            raise HarcError("hidden, batch_per_condition and batch_size must be positive")
+
+
+def train_subspace(
+    model: HarcModel,
+    d: Directions,
+    sets: dict[str, PromptSet],
+    out_dir: str | Path,
+    config: SubspaceConfig = SubspaceConfig(),
+    progress: bool = True,
+) -> CouplingIntervention:
+    """Train the confined coupling and save it to `out_dir` (coupling.safetensors + coupling.json)."""
+    out_dir = Path(out_dir)
+    slots = config.slots or (d.selected_layer,)
+    if any(s is None or not 0 <= s < model.n_layers for s in slots):
+        raise HarcError(f"coupling slots must be block inputs 0..{model.n_layers - 1}, got {slots}")
+    d.check_model(model)
+    coupling = new_coupling(model, d, tuple(sorted(slots)), config)
+    slots, n = coupling.slots, len(coupling.slots)
+    stages = []
+    for k, slot in enumerate(slots):
+        work = out_dir / "work" if n == 1 else out_dir / "work" / f"slot{slot}"
+        coords, responses = slot_data(model, d, coupling, k, sets, work, config, progress)
+        stages.append(
+            train_slot(coupling, k, d, coords, responses, config, out_dir if n == 1 else work, progress)
+        )
+    coupling.meta |= {
+        "plane_separability": {"positions": stages[0]["separability"]["positions"]}
+        | {name: row for st in stages for name, row in st["separability"].items() if name != "positions"},
+        "mode": "subspace",
+        "config": asdict(config),
+        "directions_selected_layer": d.selected_layer,
+        "standardisation": {str(s): st["standardisation"] for s, st in zip(slots, stages, strict=True)},
+        "n_examples": stages[0]["n_examples"],
+        "final_losses": {
+            str(s): st["log"][-1] if st["log"] else None for s, st in zip(slots, stages, strict=True)
+        },
+        "objective": {str(s): st["objective"] for s, st in zip(slots, stages, strict=True)},
+        "trained": now(),
+    }
+    rows = [row | {"slot": s} for s, st in zip(slots, stages, strict=True) for row in st["log"]]
+    coupling.save(out_dir)
+    write_json(out_dir / "train_summary.json", {"log": rows, "meta": coupling.meta})
+    return coupling
+
+
+def new_coupling(
+    model: HarcModel, d: Directions, slots: tuple[int, ...], config: SubspaceConfig
+) -> CouplingIntervention:
+    """An untrained coupling at `slots`: every map starts as the exact identity, so the coupling's hooks
+    only act at slots trained so far."""
+    probe = formatter_for(model, config.system_prompt).format("x")
+    n_span = probe.n_prompt - probe.t_inst  # t_inst … t_post
+    n_roles = (n_span if config.position_maps else 1) + (1 if config.response_tokens else 0)
+    return CouplingIntervention.from_directions(
+        d,
+        slots,
+        torch.zeros(len(slots), n_roles, 2),
+        torch.ones(len(slots), n_roles, 2),
+        config.hidden,
+        seed=config.train.seed,
+        first_response_role=n_span if config.response_tokens else -1,
+        n_span=n_span if config.span_context else 0,
+        # A shared span-reading map edits t_post only; position maps edit every span token.
+        first_edited_role=n_span - 1 if config.span_context and not config.position_maps else 0,
+        read_slots=tuple(sorted(config.read_slots)),  # checked by the coupling, before any forward pass
+    )
+
+
+def slot_data(
+    model: HarcModel,
+    d: Directions,
+    coupling: CouplingIntervention,
+    k: int,
+    sets: dict[str, PromptSet],
+    work: Path,
+    config: SubspaceConfig,
+    progress: bool,
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """The training coordinates of the map at `coupling.slots[k]`, cached in `work` (the forward passes
+    are the slow part): span coordinates at the read slots and this slot, with the maps upstream of it
+    active, and with a response map the response-token coordinates."""
+    slots, read_slots = coupling.slots, coupling.read_slots
+    key = {
+        "slots": list(slots[: k + 1]),
+        **({"read_slots": list(read_slots)} if read_slots else {}),
+        "ids": {name: ps.ids for name, ps in sets.items()},
+        "fingerprint": model.fingerprint,
+        **({"upstream_config": asdict(config)} if k else {}),  # upstream maps depend on it
+    }
+    args = (config.batch_size, config.system_prompt, progress)
+    coords = cached_tensors(
+        work / "coordinates.safetensors",
+        key,
+        lambda: plane_coordinates_dataset(
+            model, d, (*read_slots, slots[k]), sets, *args, attack_slot=slots[0], hooks=coupling.hooks(model)
+        ),
+    )
+    if not config.response_tokens:
+        return coords, None
+    responses = cached_tensors(
+        work / "response_coordinates.safetensors",
+        key | {"response_tokens": config.response_tokens},
+        lambda: response_coordinates_dataset(
+            model, d, slots[k], sets, config.response_tokens, slots[0], *args, hooks=coupling.hooks(model)
+        ),
+    )
+    return coords, responses
+
+
+def split_rows(
+    coords: dict[str, Tensor], fraction: float, seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(train rows, validation rows) per condition. The permutation depends only on the number of rows,
+    so conditions over the same prompts (plain harmful and its white-box variants) split alike."""
+    train, val = {}, {}
+    for name, z in coords.items():
+        perm = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
+        n_val = int(z.shape[0] * fraction)
+        train[name], val[name] = perm[n_val:].sort().values, perm[:n_val].sort().values
+    return train, val
+
+
+def train_slot(
+    coupling: CouplingIntervention,
+    k: int,
+    d: Directions,
+    coords: dict[str, Tensor],
+    responses: dict[str, Tensor] | None,
+    config: SubspaceConfig,
+    out_dir: Path,
+    progress: bool,
+) -> dict:
+    """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
+    read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
+    2] (NaN past a response's end), the same prompts in the same order. Returns what the coupling's
+    metadata records: separability, standardisation, example counts, the objective at init, trained and
+    on the validation rows, and the training log."""
+    slot, plane_map = coupling.slots[k], coupling.maps[k]
+    train_rows, val_rows = split_rows(coords, config.validation_fraction, config.train.seed)
+    held_out = {name: z[val_rows[name]] for name, z in coords.items() if len(val_rows[name])}
+    held_out_responses = {
+        name: z[val_rows[name]] for name, z in (responses or {}).items() if name in held_out
+    }
+    coords = {name: z[train_rows[name]] for name, z in coords.items()}
+    if responses is not None:
+        responses = {name: z[train_rows[name]] for name, z in responses.items()}
+    objective = fit_slot_objective(
+        plane_map, d, slot, coords, responses, Margins.of(config), config.min_separation
+    )
+
+    def loss_fn(step: int, gen: torch.Generator):
+        rows = {
+            name: torch.randint(z.shape[0], (min(config.batch_per_condition, z.shape[0]),), generator=gen)
+            for name, z in coords.items()
+        }  # the same rows for the span and the responses: a span-reading map needs both
+        return objective(
+            {name: coords[name][r] for name, r in rows.items()},
+            {name: z[rows[name]] for name, z in (responses or {}).items()},
+        )
+
+    at_init = objective.summary(coords, responses or {})
+    this_slot = {name: z[:, -1:] for name, z in coords.items()}
+    separability = plane_separability(this_slot, (slot,), seed=config.train.seed)
+    settings = {"slot": slot, **asdict(config)}
+    log_rows = train_loop(plane_map, loss_fn, config.train, out_dir, progress=progress, settings=settings)
+    report = {"at_init": at_init, "trained": objective.summary(coords, responses or {})}
+    if held_out:
+        report["validation"] = objective.summary(held_out, held_out_responses)
+    valid = {name: ~torch.isnan(z[..., 0]) for name, z in (responses or {}).items()}
+    return {
+        "separability": separability,
+        "standardisation": {
+            "response_lo": None if objective.resp_lo is None else float(objective.resp_lo),
+            "lo": objective.lo.tolist(),
+            "hi": objective.hi.tolist(),
+            "separation": objective.separation.tolist(),
+            "constrained": objective.reads.tolist(),
+        },
+        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()}
+        | {f"{name}_response_tokens": int(v.sum()) for name, v in valid.items()}
+        | {f"{name}_validation": int(z.shape[0]) for name, z in held_out.items()},
+        "objective": report,
+        "log": log_rows,
+    }

@@ -1,0 +1,253 @@
+"""The hooked model: raw Hugging Face weights with TransformerLens-named residual hooks.
+
+`load_model` accepts a built-in offline alias, a local Hugging Face directory, a `.gguf` file, or a
+hub id. It returns a `HarcModel`: the unmodified HF model (the fast path for caching, generation
+and training), its tokenizer, and a TransformerLens `TransformerBridge` over the same weights
+(`model.bridge`, for notebooks). Hooks are addressed by TransformerLens names
+(`blocks.{l}.hook_resid_pre`, `blocks.{l}.hook_resid_post`) and implemented as plain PyTorch hooks
+on the HF decoder layers, which cost nothing on GPU where the bridge's wrappers do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import HarcError
+from .offline import DEFAULT_MODEL, OFFLINE_MODELS, resolve_model_dir
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+) -> HarcModel:
+    """Load a chat model with raw (unprocessed) weights.
+
+    spec: a built-in alias (`qwen2.5-coder-0.5b-instruct`, `qwen2.5-coder-1.5b-instruct`), a local
+    HF directory, a `.gguf` file, or a hub id (needs network). CPU float32 is the default.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise HarcError(f"dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+        dtype = _DTYPES[dtype]
+    source, name = resolve_model_dir(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as e:
+        if isinstance(source, Path):
+            raise HarcError(f"could not load the model in {source}: {e}") from e
+        raise HarcError(
+            f"could not load '{spec}' from the Hugging Face hub ({e.__class__.__name__}). Offline, "
+            f"download it on a machine with network (`hf download {spec} --local-dir DIR`) and pass "
+            f"--model DIR, or use a built-in offline model: {', '.join(OFFLINE_MODELS)}"
+        ) from e
+    hf = hf.to(device).eval()
+    hf.requires_grad_(False)
+    return HarcModel(hf, tokenizer, name=name, source=str(source))
+
+
+@dataclass
+class Span:
+    """The span of the batch running through the model: which positions an intervention may edit and
+    what each one is (`roles` [batch, pos]: -1 outside, 0 = t_inst, 1, 2, ... after it, as
+    `Batch.span_role`), and `memory`, a dict that lives exactly as long as the batch: a hook that must
+    see the prompt again at its decoding steps (a coupling that reads the span's coordinates) keeps it
+    there, and it cannot leak into the next batch. Decoding steps (fewer positions than the prompt) are
+    all in the span, after the prompt."""
+
+    roles: torch.Tensor
+    memory: dict = field(default_factory=dict)
+
+    def roles_for(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos] roles of a residual of this batch, or None at a decoding step."""
+        if resid.shape[1] != self.roles.shape[1]:
+            return None
+        return self.roles.to(resid.device)
+
+    def weights_for(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos, 1] weights (1 inside the span), or None at a decoding step (edit every position)."""
+        roles = self.roles_for(resid)
+        return None if roles is None else (roles >= 0).to(resid.dtype)[..., None]
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """What a hook function learns about where it runs: the TransformerLens-style name, the block, and
+    the span of the running batch (None when the caller declared none: every position may be edited)."""
+
+    name: str
+    layer: int
+    span: Span | None = None
+
+    def span_roles(self, resid: torch.Tensor) -> torch.Tensor | None:
+        return None if self.span is None else self.span.roles_for(resid)
+
+    def span_weights(self, resid: torch.Tensor) -> torch.Tensor | None:
+        return None if self.span is None else self.span.weights_for(resid)
+
+
+HookFn = Callable[[torch.Tensor, HookSite], torch.Tensor | None]
+_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+
+
+def resid_hook_name(slot: int, n_layers: int) -> str:
+    """Residual slot s in 0..n_layers: block input for s < n_layers, last block's output for s = n_layers."""
+    if not 0 <= slot <= n_layers:
+        raise HarcError(f"layer slot {slot} is out of range 0..{n_layers}")
+    if slot < n_layers:
+        return f"blocks.{slot}.hook_resid_pre"
+    return f"blocks.{n_layers - 1}.hook_resid_post"
+
+
+def _find_decoder_layers(hf: nn.Module, n_layers: int) -> nn.ModuleList:
+    """The decoder's ModuleList of blocks, found by shape rather than by a per-family attribute name."""
+    candidates = [m for m in hf.modules() if isinstance(m, nn.ModuleList) and len(m) == n_layers]
+    if not candidates:
+        raise HarcError(f"could not find the {n_layers} decoder blocks in {type(hf).__name__}")
+    return candidates[0]
+
+
+class HarcModel:
+    """A chat model: raw HF weights + tokenizer, with TransformerLens-named residual hooks."""
+
+    def __init__(self, hf: nn.Module, tokenizer, *, name: str, source: str):
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+        self.n_layers: int = cfg.num_hidden_layers
+        self.d_model: int = cfg.hidden_size
+        self.context_length: int | None = getattr(cfg, "max_position_embeddings", None)
+        self.blocks = _find_decoder_layers(hf, self.n_layers)
+        self._span: Span | None = None  # the running batch's, while a `span` context is open
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies the weights, so artifacts from another model are refused."""
+        cfg = self.hf.config
+        emb = self.hf.get_input_embeddings().weight[:4, :32].detach().float().cpu()
+        meta = json.dumps(
+            [cfg.model_type, self.n_layers, self.d_model, cfg.vocab_size, emb.round(decimals=4).tolist()]
+        )
+        return hashlib.sha256(meta.encode()).hexdigest()[:16]
+
+    @cached_property
+    def bridge(self):
+        """A TransformerLens TransformerBridge over the same weights (no copy of the parameters).
+
+        The bridge replaces the HF model's submodules with its wrappers, so it is built on a shadow
+        copy of the module tree whose parameters and buffers are the original tensors.
+        """
+        from transformer_lens.model_bridge import TransformerBridge
+
+        shared = {id(t): t for t in [*self.hf.parameters(), *self.hf.buffers()]}
+        shadow = copy.deepcopy(self.hf, shared)
+        return TransformerBridge.boot_transformers(
+            self.source, tokenizer=self.tokenizer, hf_model=shadow, dtype=self.dtype, device=str(self.device)
+        )
+
+    def hook_module(self, name: str) -> tuple[nn.Module, str, int]:
+        """The HF module behind a TL hook name, and whether to hook its input ('pre') or output."""
+        match = _HOOK_NAME.match(name)
+        if not match:
+            raise HarcError(
+                f"hook name '{name}' is not supported: use blocks.{{l}}.hook_resid_pre|resid_post|attn_out|"
+                "mlp_out (TransformerLens names); for every other hook use model.bridge"
+            )
+        layer, kind = int(match.group(1)), match.group(2)
+        if layer >= self.n_layers:
+            raise HarcError(f"hook '{name}': layer {layer} does not exist (model has {self.n_layers})")
+        block = self.blocks[layer]
+        if kind == "resid_pre":
+            return block, "pre", layer
+        if kind == "resid_post":
+            return block, "post", layer
+        attr = ("self_attn", "attn", "attention") if kind == "attn_out" else ("mlp", "feed_forward")
+        sub = next((getattr(block, a) for a in attr if isinstance(getattr(block, a, None), nn.Module)), None)
+        if sub is None:
+            raise HarcError(f"hook '{name}': block {type(block).__name__} has no {'/'.join(attr)} submodule")
+        return sub, "post", layer
+
+    @contextlib.contextmanager
+    def span(self, roles: torch.Tensor | None) -> Iterator[Span | None]:
+        """Declare the span of the batch about to run (`Batch.span_role`; the package's forward and
+        generate helpers do): every hook then receives it as `site.span` until the block exits."""
+        previous = self._span
+        self._span = None if roles is None else Span(roles)
+        try:
+            yield self._span
+        finally:
+            self._span = previous
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> Iterator[HarcModel]:
+        """Run with `fn(resid, site)` hooks at TransformerLens residual names; removed on exit.
+
+        A hook may return a new tensor to replace the residual (interventions) or None (reading).
+        Hooks stay active through `generate`, for the prompt and every decoding step.
+        """
+        handles = []
+        try:
+            for name, fn in fwd_hooks:
+                module, kind, layer = self.hook_module(name)
+                site = self._site_for(name, layer)
+                if kind == "pre":
+                    handles.append(module.register_forward_pre_hook(_pre_hook(fn, site), with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(_post_hook(fn, site)))
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _site_for(self, name: str, layer: int) -> Callable[[], HookSite]:
+        """The site a hook sees, built when it runs: the span is the batch's, not the registration's."""
+        return lambda: HookSite(name, layer, self._span)
+
+
+def _pre_hook(fn: HookFn, site: Callable[[], HookSite]):
+    def hook(module, args, kwargs):
+        if args:
+            new = fn(args[0], site())
+            return None if new is None else ((new, *args[1:]), kwargs)
+        new = fn(kwargs["hidden_states"], site())
+        return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+    return hook
+
+
+def _post_hook(fn: HookFn, site: Callable[[], HookSite]):
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        new = fn(hidden, site())
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return hook

@@ -1,0 +1,22 @@
+"""The report layer: plotly figure builders and each stage's figures, the HTML report, and the main
+pipeline that chains the stages."""
+
+from .figures import (
+    plane_figures,
+    write_directions_figures,
+    write_figure,
+    write_plane_figures,
+    write_trajectory_figures,
+)
+from .html import write_report
+from .pipeline import run_main
+
+__all__ = [
+    "plane_figures",
+    "run_main",
+    "write_directions_figures",
+    "write_figure",
+    "write_plane_figures",
+    "write_report",
+    "write_trajectory_figures",
+]

@@ -1,0 +1,457 @@
+"""Plotly figure builders: each returns a `go.Figure`; writing files is `write_figure`'s job."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+log = logging.getLogger(__name__)
+
+
+def write_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list[Path]:
+    """Write `stem.html` (plotly.js stored once beside it, so it opens offline) and `stem.png` when a
+    static renderer (kaleido) is available."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    html = stem.with_suffix(".html")
+    fig.write_html(html, include_plotlyjs="directory")
+    written = [html]
+    if png:
+        try:
+            fig.write_image(stem.with_suffix(".png"))
+            written.append(stem.with_suffix(".png"))
+        except Exception as e:  # no kaleido/Chrome: HTML is the figure of record
+            log.info("PNG not written for %s (%s)", stem.name, e.__class__.__name__)
+    return written
+
+
+def metric_curves_figure(
+    metrics: dict, title: str = "Held-out separability of harmful vs harmless"
+) -> go.Figure:
+    """AUROC per layer slot: projection on the direction and a logistic probe, at t_inst and t_post."""
+    fig = go.Figure()
+    layers = metrics["layers"]
+    for pos in metrics["probes"]:
+        for kind, dash in (("projection", "solid"), ("probe", "dot")):
+            fig.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=[m["auroc"] for m in metrics["probes"][pos][kind]],
+                    name=f"{pos} · {kind}",
+                    mode="lines+markers",
+                    line={"dash": dash},
+                )
+            )
+    fig.update_layout(
+        title=title,
+        xaxis_title="layer slot (block input; last = final output)",
+        yaxis_title="held-out AUROC",
+        yaxis_range=[0.4, 1.02],
+        template="plotly_white",
+    )
+    return fig
+
+
+def cosine_figure(metrics: dict, title: str = "cos(v_harm, v_ref) per layer, bootstrap 95% CI") -> go.Figure:
+    layers = metrics["layers"]
+    c = metrics["cos_harm_ref"]
+    fig = go.Figure(
+        [
+            go.Scatter(
+                x=layers + layers[::-1],
+                y=c["ci_high"] + c["ci_low"][::-1],
+                fill="toself",
+                name="95% CI",
+                line={"width": 0},
+                fillcolor="rgba(99,110,250,0.2)",
+                hoverinfo="skip",
+            ),
+            go.Scatter(
+                x=layers,
+                y=c["cos"],
+                name="cos(v_harm, v_ref)",
+                mode="lines+markers",
+                line={"color": "#636efa"},
+            ),
+        ]
+    )
+    for name, ys in metrics.get("other_cosines", {}).items():
+        fig.add_trace(go.Scatter(x=layers, y=ys, name=name, mode="lines", line={"dash": "dash"}))
+    fig.update_layout(title=title, xaxis_title="layer slot", yaxis_title="cosine", template="plotly_white")
+    return fig
+
+
+def selection_figure(candidates: list[dict], harc_scores: list | None, layers: list[int]) -> go.Figure:
+    """Bypass and induce scores of the refusal-direction candidates, and the HARC layer score."""
+    fig = go.Figure()
+    for pos in sorted({c["position"] for c in candidates}):
+        rows = [c for c in candidates if c["position"] == pos]
+        fig.add_trace(
+            go.Scatter(
+                x=[c["slot"] for c in rows],
+                y=[c["bypass_score"] for c in rows],
+                name=f"bypass score ({pos})",
+                mode="lines+markers",
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[c["slot"] for c in rows],
+                y=[c["induce_score"] for c in rows],
+                name=f"induce score ({pos})",
+                mode="lines+markers",
+                line={"dash": "dot"},
+            )
+        )
+    if harc_scores is not None:
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=[s if s is not None else 0 for s in harc_scores],
+                name="HARC layer score",
+                yaxis="y2",
+                opacity=0.3,
+            )
+        )
+        fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "title": "HARC layer score"})
+    fig.update_layout(
+        title="Direction selection",
+        xaxis_title="layer slot",
+        yaxis_title="refusal score",
+        template="plotly_white",
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# The harmfulness–refusal plane and response trajectories
+
+_FIXED_COLOURS = {"harmful": "#d62728", "harmless": "#2ca02c", "borderline": "#7f7f7f", "safe": "#7f7f7f"}
+_PALETTE = (
+    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#393b79",
+    "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1",
+)  # fmt: skip
+
+
+def group_colours(groups) -> dict[str, str]:
+    """A stable colour per group: plain harmful red, harmless green, attack classes from a palette."""
+    names = list(dict.fromkeys(groups))
+    others = [g for g in names if g not in _FIXED_COLOURS]
+    return {g: _FIXED_COLOURS.get(g) or _PALETTE[others.index(g) % len(_PALETTE)] for g in names}
+
+
+def covariance_ellipse(points, n_sigma: float = 1.0, n: int = 64):
+    """The n-sigma ellipse of 2-D points (x and y arrays, closed); empty for fewer than 3 points."""
+    import numpy as np
+
+    pts = np.asarray(points, dtype=float)
+    if len(pts) < 3:
+        return [], []
+    centre = pts.mean(0)
+    vals, vecs = np.linalg.eigh(np.cov(pts, rowvar=False))
+    t = np.linspace(0, 2 * np.pi, n)
+    circle = np.stack([np.cos(t), np.sin(t)])
+    xy = centre[:, None] + vecs @ (n_sigma * np.sqrt(np.clip(vals, 0, None))[:, None] * circle)
+    return xy[0].tolist(), xy[1].tolist()
+
+
+def plane_figure(
+    views: dict,
+    groups,
+    *,
+    selected: int | None = None,
+    complied=None,
+    hover=None,
+    axis_titles: tuple[str, str] = ("harmfulness: h(t_inst)·v̂_harm", "refusal: h(t_post)·v̂_ref"),
+    title: str = "Harmfulness–refusal plane",
+) -> go.Figure:
+    """Scatter of prompts in the plane, coloured by group, with centroids and 1-sigma ellipses, and a
+    layer slider. `views[slot]` is an `[n, 2]` array of plane-view coordinates; every slot gets three
+    traces per group (points, centroid, ellipse), shown only at its slider step. Complied prompts
+    (`complied[i]` true) are drawn as crosses."""
+    import numpy as np
+
+    groups = list(groups)
+    names = list(dict.fromkeys(groups))
+    colours = group_colours(names)
+    g = np.asarray(groups)
+    slots = list(views)
+    if not slots:
+        raise ValueError("no layer slots to plot")
+    active = slots.index(selected) if selected in slots else len(slots) // 2
+    fig = go.Figure()
+    for k, slot in enumerate(slots):
+        pts = np.asarray(views[slot], dtype=float)
+        for name in names:
+            idx = np.flatnonzero(g == name)
+            sub = pts[idx]
+            symbols = [
+                "x" if complied is not None and complied[i] else "circle" for i in idx
+            ]  # crosses: complied
+            text = [
+                f"{hover[i] if hover is not None else i}<br>{name}"
+                + ("" if complied is None or complied[i] is None else f"<br>complied: {complied[i]}")
+                for i in idx
+            ]
+            visible = k == active
+            fig.add_trace(
+                go.Scatter(
+                    x=sub[:, 0],
+                    y=sub[:, 1],
+                    mode="markers",
+                    name=f"{name} (n={len(idx)})",
+                    legendgroup=name,
+                    marker={"color": colours[name], "size": 7, "opacity": 0.7, "symbol": symbols},
+                    text=text,
+                    hoverinfo="text+x+y",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "points"},
+                )
+            )
+            centre = sub.mean(0)
+            fig.add_trace(
+                go.Scatter(
+                    x=[centre[0]],
+                    y=[centre[1]],
+                    mode="markers",
+                    name=f"{name} centroid",
+                    legendgroup=name,
+                    showlegend=False,
+                    marker={
+                        "color": colours[name],
+                        "size": 15,
+                        "symbol": "star",
+                        "line": {"width": 1, "color": "black"},
+                    },
+                    hoverinfo="name+x+y",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "centroid"},
+                )
+            )
+            ex, ey = covariance_ellipse(sub)
+            fig.add_trace(
+                go.Scatter(
+                    x=ex,
+                    y=ey,
+                    mode="lines",
+                    name=f"{name} 1σ",
+                    legendgroup=name,
+                    showlegend=False,
+                    line={"color": colours[name], "width": 1.5},
+                    hoverinfo="skip",
+                    visible=visible,
+                    meta={"slot": slot, "group": name, "kind": "ellipse"},
+                )
+            )
+    per_slot = 3 * len(names)
+    steps = []
+    for k, slot in enumerate(slots):
+        visible = [False] * (per_slot * len(slots))
+        visible[k * per_slot : (k + 1) * per_slot] = [True] * per_slot
+        steps.append(
+            {
+                "method": "update",
+                "label": str(slot),
+                "args": [
+                    {"visible": visible},
+                    {
+                        "title.text": f"{title} · layer slot {slot}",
+                        "xaxis.autorange": True,
+                        "yaxis.autorange": True,
+                    },
+                ],
+            }
+        )
+    fig.update_layout(
+        title=f"{title} · layer slot {slots[active]}",
+        xaxis_title=axis_titles[0],
+        yaxis_title=axis_titles[1],
+        template="plotly_white",
+        sliders=[{"active": active, "currentvalue": {"prefix": "layer slot: "}, "steps": steps}],
+        legend={"title": {"text": "group (× = complied)"}},
+    )
+    return fig
+
+
+def displacement_figure(geometry: dict, title: str | None = None) -> go.Figure:
+    """Per class: centroid displacement from plain harmful along each axis, in plain-harmful standard
+    deviations, with the suppression threshold −k; hover shows the compliance rate and the verdict.
+    `geometry` is a `PlaneGeometry.to_dict()` (as stored in geometry.json under views)."""
+    classes = [c for c in geometry["classes"].values() if c["name"] != geometry["reference"]]
+    names = [c["name"] for c in classes]
+    hover = [
+        f"{c['name']} (n={c['n']})<br>suppresses: {c['suppresses']}<br>compliance: "
+        + ("n/a" if c["compliance_rate"] is None else f"{c['compliance_rate']:.2f}")
+        for c in classes
+    ]
+    fig = go.Figure()
+    for axis, label, colour in ((0, "harmfulness", "#d62728"), (1, "refusal", "#1f77b4")):
+        fig.add_trace(
+            go.Bar(
+                x=names,
+                y=[c["displacement_z"][axis] for c in classes],
+                name=f"Δ {label} (σ of plain harmful)",
+                marker_color=colour,
+                hovertext=hover,
+            )
+        )
+    fig.add_hline(
+        y=-geometry["k"],
+        line_dash="dash",
+        line_color="black",
+        annotation_text=f"suppressed below −{geometry['k']}σ",
+    )
+    fig.update_layout(
+        title=title
+        or f"Class displacement from plain harmful ({geometry['kind']} axes, slot {geometry['slot']})",
+        barmode="group",
+        xaxis_title="group",
+        yaxis_title="centroid displacement / plain-harmful std",
+        template="plotly_white",
+    )
+    return fig
+
+
+def trajectory_figure(
+    rows: list[dict],
+    *,
+    threshold: float | None = None,
+    n_tokens: int | None = None,
+    individual: bool = True,
+    title: str = "Response tokens on the response-side directions",
+) -> go.Figure:
+    """Per-token projections of responses on v̂_harm_resp (top) and v̂_ref_resp (bottom) over token
+    index: one mean line per group per panel, plus a faint line per prompt when `individual`.
+    `rows` are trajectories.jsonl rows (`group`, `tokens.oblique` = [[harm, ref], ...])."""
+    import numpy as np
+    from plotly.subplots import make_subplots
+
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    colours = group_colours(groups)
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        subplot_titles=("projection on v̂_harm_resp", "projection on v̂_ref_resp"),
+        vertical_spacing=0.08,
+    )
+    for axis in (0, 1):
+        for name in groups:
+            series = [
+                np.asarray(r["tokens"]["oblique"], dtype=float).reshape(-1, 2)[:, axis]
+                for r in rows
+                if r["group"] == name
+            ]
+            if n_tokens is not None:
+                series = [s[:n_tokens] for s in series]
+            if individual:
+                for s in series:
+                    fig.add_trace(
+                        go.Scatter(
+                            x=list(range(len(s))),
+                            y=s,
+                            mode="lines",
+                            line={"color": colours[name], "width": 0.7},
+                            opacity=0.25,
+                            legendgroup=name,
+                            showlegend=False,
+                            hoverinfo="skip",
+                            meta={"group": name, "kind": "prompt", "axis": axis},
+                        ),
+                        row=axis + 1,
+                        col=1,
+                    )
+            width = max((len(s) for s in series), default=0)
+            mean = [
+                float(np.mean([s[t] for s in series if len(s) > t])) for t in range(width)
+            ]  # over the prompts still generating
+            fig.add_trace(
+                go.Scatter(
+                    x=list(range(width)),
+                    y=mean,
+                    mode="lines",
+                    name=f"{name} (n={len(series)})",
+                    line={"color": colours[name], "width": 2.5},
+                    legendgroup=name,
+                    showlegend=axis == 0,
+                    meta={"group": name, "kind": "mean", "axis": axis},
+                ),
+                row=axis + 1,
+                col=1,
+            )
+    if threshold is not None:
+        fig.add_hline(
+            y=threshold,
+            line_dash="dash",
+            line_color="black",
+            annotation_text="response threshold (score)",
+            row=1,
+            col=1,
+        )
+    fig.update_xaxes(title_text="response token index", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=700)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Each stage's figures, from its artifact or result
+
+
+def write_directions_figures(d, out_dir: str | Path) -> list[Path]:
+    """AUROC and cosine curves per layer and the selection scores of a Directions artifact, under
+    `out_dir/figures/`."""
+    figures = Path(out_dir) / "figures"
+    sel = d.selection
+    return [
+        *write_figure(metric_curves_figure(d.metrics), figures / "auroc_by_layer"),
+        *write_figure(cosine_figure(d.metrics), figures / "cosine_by_layer"),
+        *write_figure(
+            selection_figure(sel.arditi["candidates"], sel.harc_scores, list(d.layers)), figures / "selection"
+        ),
+    ]
+
+
+def plane_figures(result) -> dict[str, go.Figure]:
+    """The plane scatter with a layer slider (oblique and orthonormal axes) and the class-displacement
+    bars of a `PlaneResult`, keyed by file stem."""
+    from ..plane.basis import AXIS_TITLES, BASES
+
+    hover = [p.id for p in result.prompts.prompts]
+    figures = {}
+    for kind in BASES:
+        figures[f"plane_{kind}"] = plane_figure(
+            {s: c.view(kind).numpy() for s, c in sorted(result.coords.items())},
+            result.groups,
+            selected=result.slot,
+            complied=result.complied,
+            hover=hover,
+            axis_titles=AXIS_TITLES[kind],
+            title=f"Harmfulness–refusal plane ({kind} axes), {result.meta['model']}",
+        )
+    figures["class_displacement"] = displacement_figure(result.geometry["oblique"].to_dict())
+    return figures
+
+
+def write_plane_figures(result, out_dir: str | Path, directions=None) -> list[Path]:
+    """The plane figures, and the directions' cosine and AUROC curves when the artifact has metrics,
+    under `out_dir/figures/`."""
+    figures = plane_figures(result)
+    metrics = directions.metrics if directions is not None else {}
+    if "cos_harm_ref" in metrics:
+        figures["cosine_by_layer"] = cosine_figure(metrics)
+    if "probes" in metrics:
+        figures["auroc_by_layer"] = metric_curves_figure(metrics)
+    return [p for stem, fig in figures.items() for p in write_figure(fig, Path(out_dir) / "figures" / stem)]
+
+
+def write_trajectory_figures(result, out_dir: str | Path, model_name: str) -> list[Path]:
+    """The response trajectories of a `TrajectoryResult`, under `out_dir/figures/`."""
+    fig = trajectory_figure(
+        list(result.rows),
+        threshold=result.summary["thresholds"]["response_score"],
+        n_tokens=None,
+        title=f"Response tokens on the response-side directions, {model_name}, slot {result.slot}",
+    )
+    return write_figure(fig, Path(out_dir) / "figures" / "trajectories")
