@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -55,6 +56,20 @@ def check_schema(meta: dict, kind: str, version: int, path: Path, rerun: str) ->
             f"harc_interp, or rerun `{rerun}`"
         )
     return found
+
+
+def provenance(model=None, **extra) -> dict:
+    """Where an output came from: the model (name, full fingerprint, compute dtype, device), the
+    package versions, the command line and the UTC time. Every JSON output carries it."""
+    out: dict = {}
+    if model is not None:
+        out |= {
+            "model": model.name,
+            "model_fingerprint": model.fingerprint,
+            "compute_dtype": str(model.dtype).removeprefix("torch."),
+            "device": str(model.device),
+        }
+    return out | extra | {"versions": versions(), "command": " ".join(sys.argv), "created": now()}
 
 
 def now() -> str:
@@ -142,6 +157,7 @@ def save_tensors(
     path = Path(path)
     tmp = tmp_beside(path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)  # safetensors writes its file private; outputs are shared like the JSON beside them
     tmp.replace(path)
     return path
 

@@ -126,7 +126,7 @@ def test_artifact_round_trip_and_refusal_of_other_models(tiny, tmp_path):
     torch.testing.assert_close(loaded.vectors["v_ref"], d.vectors["v_ref"])
     assert loaded.layers == d.layers and loaded.grid_positions == d.grid_positions
 
-    other = d.with_meta(model_fingerprint="0123456789abcdef", model="other-model")
+    other = d.with_meta(model_fingerprint="0" * 64, model="other-model")
     other.save(tmp_path / "other")
     with pytest.raises(HarcError, match="computed on model 'other-model'"):
         Directions.load(tmp_path / "other", model=tiny)
@@ -135,4 +135,25 @@ def test_artifact_round_trip_and_refusal_of_other_models(tiny, tmp_path):
     path = tmp_path / "directions.safetensors"
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(HarcError, match="corrupt or truncated"):
+        Directions.load(tmp_path)
+
+
+def test_artifact_schema_is_versioned_migrated_or_refused(tmp_path):
+    import json
+
+    acts, mask, _, _ = planted()
+    d = directions_from_activations(acts, mask, ~mask)
+    d.save(tmp_path)
+    meta_path = tmp_path / "directions.json"
+    meta = json.loads(meta_path.read_text())
+    assert (meta["schema"], meta["schema_version"]) == ("harc_interp.directions", 2)
+    # Schema 1 (written before schemas were recorded, no probes) still loads, without probes.
+    old = {k: v for k, v in meta.items() if k not in ("schema", "schema_version", "probe_positions")}
+    meta_path.write_text(json.dumps(old))
+    assert Directions.load(tmp_path).probes is None
+    meta_path.write_text(json.dumps(meta | {"schema_version": 3}))
+    with pytest.raises(HarcError, match="newer than this harc_interp reads.*harc directions"):
+        Directions.load(tmp_path)
+    meta_path.write_text(json.dumps(meta | {"schema": "harc_interp.coupling"}))
+    with pytest.raises(HarcError, match="is a 'harc_interp.coupling' artifact"):
         Directions.load(tmp_path)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
-from harc_interp import HarcError, starter_prompts
+from harc_interp import HarcError, PromptSet, score_prompts, starter_prompts
 from harc_interp.directions import Directions
 from harc_interp.directions.selection import Candidate, relaxed_pick
 from harc_interp.directions.stage import DirectionsConfig, extract_directions, split_three
@@ -68,6 +69,23 @@ def test_extract_directions_on_tiny_model(tiny, tmp_path):
         assert (tmp_path / "figures" / f"{name}.html").is_file()
     loaded = Directions.load(tmp_path, model=tiny)
     assert loaded.selected_layer == d.selected_layer
+    assert loaded.selection == d.selection and loaded.training_ids() == d.training_ids()
+
+    # The fitted probes are saved: scoring the held-out test prompts with them from the loaded artifact
+    # reproduces the held-out probe AUROC the stage reported, at every slot and both positions.
+    assert loaded.probes.positions == ("t_inst", "t_post") and loaded.probes.layers == d.layers
+    held_out = [
+        replace(p, label=label)
+        for label, ps in (("harmful", harmful), ("harmless", harmless))
+        for p in ps.prompts
+        if p.id in meta["splits"][f"{label}_test"]
+    ]
+    labelled = PromptSet("test", tuple(held_out))
+    for position in ("t_inst", "t_post"):
+        scores = score_prompts(tiny, loaded, labelled, position=position, progress=False)
+        reported = [m["auroc"] for m in meta["metrics"]["probes"][position]["probe"]]
+        assert scores.auroc()["probe"] == pytest.approx(reported, abs=1e-9)
+        assert scores.auroc()["projection"] != scores.auroc()["probe"]
 
     # A rerun reuses every step; other settings in the same folder are refused.
     again = extract_directions(

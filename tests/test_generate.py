@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from harc_interp import formatter_for, generate
-from harc_interp.capture.generate import _stop_ids
+from harc_interp.capture.generate import stop_ids
 from harc_interp.data.chat import left_pad
 
 PROMPTS = [
@@ -26,11 +26,11 @@ def hf_generate_one(model, text, n):
         input_ids=torch.tensor([chat.input_ids]),
         max_new_tokens=n,
         do_sample=False,
-        eos_token_id=_stop_ids(model),
+        eos_token_id=stop_ids(model),
         pad_token_id=model.tokenizer.pad_token_id,
     )
     new = out[0, len(chat.input_ids) :].tolist()
-    stops = _stop_ids(model)
+    stops = stop_ids(model)
     return next((new[:i] for i, t in enumerate(new) if t in stops), new)
 
 
@@ -93,7 +93,7 @@ def test_bridge_matches_hf_forward_and_batched_generate(tiny):
         attention_mask=batch.attention_mask,
         max_new_tokens=n,
         do_sample=False,
-        eos_token_id=_stop_ids(tiny),
+        eos_token_id=stop_ids(tiny),
         pad_token_id=tiny.tokenizer.pad_token_id,
     )[:, batch.input_ids.shape[1] :]
     tl_out = bridge.generate(
@@ -105,7 +105,7 @@ def test_bridge_matches_hf_forward_and_batched_generate(tiny):
         verbose=False,
         stop_at_eos=False,
     )[:, batch.input_ids.shape[1] :]
-    stops = set(_stop_ids(tiny))
+    stops = set(stop_ids(tiny))
     for h, t in zip(hf_out.tolist(), tl_out.tolist(), strict=True):
         cut = next((i for i, x in enumerate(h) if x in stops), n)
         assert t[:cut] == h[:cut]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harc_interp import CacheConfig, cache_residuals, formatter_for, generate
-from harc_interp.capture.generate import _stop_ids
+from harc_interp.capture.generate import stop_ids
 from harc_interp.data.chat import left_pad
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_generation_matches_hf_and_the_model_refuses(real):
     n = 24
     ours = generate(real, PROMPTS[:4], max_new_tokens=n, batch_size=4, progress=False)
     fmt = formatter_for(real)
-    stops = _stop_ids(real)
+    stops = stop_ids(real)
     for g, text in zip(ours, PROMPTS[:4], strict=True):
         chat = fmt.format(text)
         out = real.hf.generate(
@@ -101,7 +101,7 @@ def test_bridge_generate_matches_hf_on_the_real_model(real):
         attention_mask=batch.attention_mask,
         max_new_tokens=n,
         do_sample=False,
-        eos_token_id=_stop_ids(real),
+        eos_token_id=stop_ids(real),
         pad_token_id=real.tokenizer.pad_token_id,
     )
     tl_out = real.bridge.generate(
@@ -114,7 +114,7 @@ def test_bridge_generate_matches_hf_on_the_real_model(real):
         stop_at_eos=False,
     )
     width = batch.input_ids.shape[1]
-    stops = set(_stop_ids(real))
+    stops = set(stop_ids(real))
     for h, t in zip(hf_out[:, width:].tolist(), tl_out[:, width:].tolist(), strict=True):
         cut = next((i for i, x in enumerate(h) if x in stops), n)
         assert t[:cut] == h[:cut]

@@ -38,6 +38,7 @@ from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from ..data.prompts import Prompt, PromptSet
 from ..errors import HarcError
 from ..model.hooked import HarcModel, HookFn, resid_hook_name
+from ..shapes import CachedBatch, CachedResid
 from .forward import StopForward, forward_batch
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class CacheConfig:
 class Activations:
     """Cached residuals `resid[prompt, layer, position, d_model]` with their labels and provenance."""
 
-    resid: Float[Tensor, "prompt layer npos d_model"]
+    resid: CachedResid
     layers: tuple[int, ...]
     positions: tuple[str, ...]
     prompt_ids: tuple[str, ...]
@@ -140,7 +141,7 @@ def residuals_for_batch(
     positions: Sequence[str],
     n_response: int = 32,
     hooks: Sequence[tuple[str, HookFn]] = (),
-) -> Float[Tensor, "batch layer npos d_model"]:
+) -> CachedBatch:
     """One left-padded forward pass; returns float32 CPU residuals at the named positions.
 
     `hooks` (an intervention) run before the capture hooks, so the cache sees their effect."""
@@ -220,15 +221,41 @@ def cache_residuals(
     slots = tuple(range(model.n_layers + 1)) if config.layers is None else tuple(config.layers)
     for s in slots:
         resid_hook_name(s, model.n_layers)  # range check with a clear message
-    n_post = len(chats[0].post_instruction)
-    names = position_names(config.positions, n_post)
+    names = position_names(config.positions, len(chats[0].post_instruction))
     order = sorted(
         range(len(chats)), key=lambda i: -len(chats[i].all_ids)
     )  # longest first: peak memory early
-    meta = {
+    meta = _cache_meta(model, ps, fmt.template_hash, config, slots, names)
+    shape = (len(chats), len(slots), len(names), model.d_model)
+    with tqdm(total=len(chats), desc="caching residuals", unit="prompt", disable=not progress) as bar:
+
+        def batches(idx: list[int]):
+            """(position in `idx`, residuals) of the prompts `idx`, a batch at a time."""
+            for i in range(0, len(idx), config.batch_size):
+                chunk = idx[i : i + config.batch_size]
+                batch = [chats[j] for j in chunk]
+                yield i, residuals_for_batch(model, batch, slots, config.positions, config.n_response, hooks)
+                bar.update(len(chunk))
+
+        if out_dir is None:
+            resid = torch.empty(shape)
+            for i, acts in batches(order):
+                resid[order[i : i + len(acts)]] = acts
+            return Activations(resid, slots, tuple(names), tuple(ps.ids), meta | {"created": now()})
+        run_key = _run_key(model, config, slots, chats)
+        _write_shards(Path(out_dir), run_key, order, config.shard_size, shape, batches, bar)
+    _assemble(Path(out_dir), _shards(order, config.shard_size), shape, meta)
+    shutil.rmtree(Path(out_dir) / "shards")
+    return Activations.load(out_dir)
+
+
+def _cache_meta(
+    model: HarcModel, ps: PromptSet, template_hash: str, config: CacheConfig, slots, names
+) -> dict:
+    return {
         "model": model.name,
         "model_fingerprint": model.fingerprint,
-        "template_hash": fmt.template_hash,
+        "template_hash": template_hash,
         "system_prompt": config.system_prompt,
         "layers": list(slots),
         "hook_names": [resid_hook_name(s, model.n_layers) for s in slots],
@@ -241,29 +268,16 @@ def cache_residuals(
         "dtype": "float32",
         "versions": versions(),
     }
-    bar = tqdm(total=len(chats), desc="caching residuals", unit="prompt", disable=not progress)
 
-    def batches(idx: list[int]):
-        for i in range(0, len(idx), config.batch_size):
-            chunk = idx[i : i + config.batch_size]
-            yield (
-                chunk,
-                residuals_for_batch(
-                    model, [chats[j] for j in chunk], slots, config.positions, config.n_response, hooks
-                ),
-            )
-            bar.update(len(chunk))
 
-    if out_dir is None:
-        resid = torch.empty(len(chats), len(slots), len(names), model.d_model)
-        for chunk, acts in batches(order):
-            resid[chunk] = acts
-        bar.close()
-        return Activations(resid, slots, tuple(names), tuple(ps.ids), meta | {"created": now()})
+def _shards(order: list[int], shard_size: int) -> list[list[int]]:
+    return [order[i : i + shard_size] for i in range(0, len(order), shard_size)]
 
-    out_dir = Path(out_dir)
+
+def _write_shards(out_dir: Path, run_key: str, order, shard_size: int, shape, batches, bar) -> None:
+    """Every shard of the cache under `out_dir/shards/`; shards a killed run of the same key finished
+    are kept (a corrupt one is recomputed); a folder holding another run's shards is refused."""
     shard_dir = out_dir / "shards"
-    run_key = _run_key(model, config, slots, chats)
     state_path = shard_dir / "run.json"
     if state_path.is_file() and read_json(state_path).get("run_key") != run_key:
         raise HarcError(
@@ -271,25 +285,19 @@ def cache_residuals(
             "differ): choose a new --out or delete its shards/ folder"
         )
     write_json(state_path, {"run_key": run_key, "created": now()})
-    shards = [order[i : i + config.shard_size] for i in range(0, len(order), config.shard_size)]
-    for k, shard in enumerate(shards):
+    for k, shard in enumerate(_shards(order, shard_size)):
         path = shard_dir / f"shard_{k:05d}.safetensors"
         if path.is_file():
             try:
-                done = load_tensors(path)
-                if done["index"].tolist() == shard:
+                if load_tensors(path)["index"].tolist() == shard:
                     bar.update(len(shard))
                     continue
             except HarcError:
                 log.warning("re-computing corrupt shard %s", path)
-        resid = torch.empty(len(shard), len(slots), len(names), model.d_model)
-        for i, (chunk, acts) in enumerate(batches(shard)):
-            resid[i * config.batch_size : i * config.batch_size + len(chunk)] = acts
+        resid = torch.empty(len(shard), *shape[1:])
+        for i, acts in batches(shard):
+            resid[i : i + len(acts)] = acts
         save_tensors(path, {"resid": resid, "index": torch.tensor(shard)})
-    bar.close()
-    _assemble(out_dir, shards, (len(chats), len(slots), len(names), model.d_model), meta)
-    shutil.rmtree(shard_dir)
-    return Activations.load(out_dir)
 
 
 def _assemble(out_dir: Path, shards: list[list[int]], shape, meta: dict) -> None:

@@ -31,7 +31,7 @@ class Generation:
     finished: bool  # stopped at an end-of-turn token rather than the token limit
 
 
-def _stop_ids(model: HarcModel) -> list[int]:
+def stop_ids(model: HarcModel) -> list[int]:
     """End-of-turn tokens: the generation config's eos ids plus the tokenizer's eos."""
     eos = model.hf.generation_config.eos_token_id
     ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -54,7 +54,7 @@ def generate_ids(
     A chat's `response_ids` are a prefill: generation continues after them, and they are not
     part of the returned ids."""
     batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=True)
-    stops = _stop_ids(model)
+    stops = stop_ids(model)
     kwargs = dict(
         do_sample=do_sample,
         max_new_tokens=max_new_tokens,

@@ -7,6 +7,7 @@ A row needs a `prompt` (or a `template` with a `placeholder`, for attack templat
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -109,32 +110,72 @@ class PromptSet:
         return PromptSet(self.name, pick(train)), PromptSet(self.name, pick(test))
 
     def __add__(self, other: PromptSet) -> PromptSet:
+        """Both sets' prompts; an id in both is an error (ids must name one prompt across files)."""
+        twice = sorted(set(self.ids) & set(other.ids)) + sorted(
+            {t.id for t in self.templates} & {t.id for t in other.templates}
+        )
+        if twice:
+            raise HarcError(
+                f"prompt ids {twice[:5]} occur in both '{self.name}' and '{other.name}': give each file's "
+                "rows distinct ids"
+            )
         return PromptSet(
             f"{self.name}+{other.name}", self.prompts + other.prompts, self.templates + other.templates
         )
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text (a byte-order mark is dropped), or an error that names the file."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise HarcError(
+            f"{path} is not UTF-8 text (invalid byte at offset {e.start}): re-save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise HarcError(f"cannot read prompt file {path}: {e.strerror}") from None
+
+
 def _rows_from_file(path: Path) -> Iterable[tuple[str, dict]]:
+    text = _read_text(path)
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield f"{path}:{n}", json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise HarcError(f"{path}:{n} is not valid JSON: {e}") from None
+        for n, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
+            if line.strip():
+                try:
+                    yield f"{path}:{n}", json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise HarcError(f"{path}:{n} is not valid JSON: {e}") from None
     elif path.suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            lines = [line for line in text.split("\n") if line.strip()]
+            if len(lines) > 1 and _all_json(lines):
+                raise HarcError(f"{path} holds JSON lines (one object per line): rename it to .jsonl") from None
+            raise HarcError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(data, list):
             raise HarcError(f"{path} must hold a JSON list of objects")
         for n, row in enumerate(data):
             yield f"{path}[{n}]", row
     elif path.suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            for n, row in enumerate(csv.DictReader(f), 2):
-                yield f"{path}:{n}", row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        if not {"prompt", "template"} & set(header):
+            raise HarcError(
+                f"{path}: the CSV header {header} has no 'prompt' column; the first line must name the "
+                "columns (e.g. id,prompt,label)"
+            )
+        for n, row in enumerate(reader, 2):
+            yield f"{path}:{n}", row
     else:
         raise HarcError(f"{path}: unsupported prompt file type (use .jsonl, .json or .csv)")
+
+
+def _all_json(lines: list[str]) -> bool:
+    try:
+        return all(isinstance(json.loads(line), dict) for line in lines)
+    except json.JSONDecodeError:
+        return False
 
 
 def prompts_from_rows(name: str, rows: Iterable[tuple[str, dict]], label: str | None = None) -> PromptSet:

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from ..artifacts import (
@@ -28,6 +27,7 @@ from ..artifacts import (
     write_json,
 )
 from ..errors import HarcError
+from ..shapes import Direction
 from .means import diff_in_means, unit_and_norm
 from .probes import LinearProbes
 
@@ -78,14 +78,14 @@ class Directions:
     meta: dict = field(default_factory=dict)
     probes: LinearProbes | None = None
 
-    def unit(self, name: str, slot: int) -> Float[Tensor, " d_model"]:
+    def unit(self, name: str, slot: int) -> Direction:
         return self.vectors[self._check(name)][self._row(slot)]
 
-    def raw(self, name: str, slot: int) -> Float[Tensor, " d_model"]:
+    def raw(self, name: str, slot: int) -> Direction:
         """The un-normalised difference in means (unit × norm), e.g. for activation addition."""
         return self.unit(name, slot) * self.norms[name][self._row(slot)]
 
-    def grid_raw(self, slot: int, position: str) -> Float[Tensor, " d_model"]:
+    def grid_raw(self, slot: int, position: str) -> Direction:
         j = self.grid_positions.index(position)
         return self.grid[self._row(slot), j] * self.grid_norms[self._row(slot), j]
 
@@ -207,6 +207,11 @@ class Directions:
 
     def check_model(self, model, template_hash: str | None = None) -> None:
         fp = self.meta.get("model_fingerprint")
+        if fp is not None and len(fp) == 16:  # before every weight was fingerprinted
+            raise HarcError(
+                "these directions carry an older harc_interp's partial model fingerprint (it covered only part "
+                f"of the embeddings): recompute them with `harc directions --model {model.name}`"
+            )
         if fp != model.fingerprint:
             raise HarcError(
                 f"these directions were computed on model '{self.meta.get('model')}' (fingerprint {fp}), not on "

@@ -12,10 +12,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import HarcError
+from ..shapes import Direction
 from .hooked import HarcModel, HookFn
 
 
@@ -34,7 +34,7 @@ def project_out(resid: Tensor, unit: Tensor) -> Tensor:
 
 def ablation_hooks(
     model: HarcModel,
-    direction: Float[Tensor, " d_model"],
+    direction: Direction,
     layers: Sequence[int] | None = None,
     residual: bool = False,
 ) -> list[tuple[str, HookFn]]:
@@ -56,7 +56,7 @@ def ablation_hooks(
 
 def addition_hooks(
     model: HarcModel,
-    direction: Float[Tensor, " d_model"],
+    direction: Direction,
     slot: int,
     coeff: float = 1.0,
     *,

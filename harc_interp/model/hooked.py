@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,31 +22,38 @@ import torch
 from torch import nn
 
 from ..errors import HarcError
-from .offline import DEFAULT_MODEL, OFFLINE_MODELS, resolve_model_dir
+from .fingerprint import files_fingerprint, tensors_fingerprint
+from .offline import DEFAULT_MODEL, OFFLINE_MODELS, cache_root, resolve_model_dir
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_model(
-    spec: str = DEFAULT_MODEL,
+    spec: str | nn.Module = DEFAULT_MODEL,
     *,
+    tokenizer=None,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> HarcModel:
     """Load a chat model with raw (unprocessed) weights.
 
     spec: a built-in alias (`qwen2.5-coder-0.5b-instruct`, `qwen2.5-coder-1.5b-instruct`), a local
-    HF directory, a `.gguf` file, or a hub id (needs network). CPU float32 is the default.
-    """
+    HF directory, a `.gguf` file, a hub id (needs network), or an HF causal LM already in memory (pass
+    its `tokenizer`; it is used as it is, on its own device and dtype). CPU float32 is the default.
+    `progress=False` hides the weight-loading bar."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise HarcError(f"dtype '{dtype}' is not one of {sorted(_DTYPES)}")
-        dtype = _DTYPES[dtype]
-    source, name = resolve_model_dir(spec)
+    if not isinstance(spec, str | Path):
+        return _wrap_in_memory(spec, tokenizer)
+    dtype = _resolve_dtype(dtype)
+    device = resolve_device(device)
+    source, name = resolve_model_dir(str(spec))
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as e:
         if isinstance(source, Path):
@@ -58,9 +63,60 @@ def load_model(
             f"download it on a machine with network (`hf download {spec} --local-dir DIR`) and pass "
             f"--model DIR, or use a built-in offline model: {', '.join(OFFLINE_MODELS)}"
         ) from e
+    finally:
+        if not progress:
+            hf_logging.enable_progress_bar()
+    files = source if isinstance(source, Path) else _hub_snapshot(str(source))
+    fingerprint = None if files is None else files_fingerprint(files, hf.config, cache_root() / "fingerprints")
     hf = hf.to(device).eval()
     hf.requires_grad_(False)
-    return HarcModel(hf, tokenizer, name=name, source=str(source))
+    return HarcModel(hf, tokenizer, name=name, source=str(source), fingerprint=fingerprint)
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise HarcError(f"dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device that exists on this machine, or an error that says which ones do."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HarcError(f"device {device!r} is not a torch device: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HarcError(f"device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HarcError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HarcError(f"device {device!r}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
+def _wrap_in_memory(hf: nn.Module, tokenizer) -> HarcModel:
+    if not hasattr(hf, "config") or not callable(getattr(hf, "forward", None)):
+        raise HarcError(
+            f"load_model takes a model name, a path, or an HF causal LM in memory; got {type(hf).__name__}"
+        )
+    if tokenizer is None:
+        raise HarcError("an in-memory model needs its tokenizer: load_model(model, tokenizer=tokenizer)")
+    hf.eval().requires_grad_(False)
+    name = getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+    return HarcModel(hf, tokenizer, name=str(name), source=str(name))
+
+
+def _hub_snapshot(repo: str) -> Path | None:
+    """The local snapshot folder of a hub model that was just loaded (its files are there), if found."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo, local_files_only=True))
+    except Exception:  # not in the hub cache layout: fingerprint the tensors instead
+        return None
 
 
 @dataclass
@@ -127,7 +183,9 @@ def _find_decoder_layers(hf: nn.Module, n_layers: int) -> nn.ModuleList:
 class HarcModel:
     """A chat model: raw HF weights + tokenizer, with TransformerLens-named residual hooks."""
 
-    def __init__(self, hf: nn.Module, tokenizer, *, name: str, source: str):
+    def __init__(self, hf: nn.Module, tokenizer, *, name: str, source: str, fingerprint: str | None = None):
+        if fingerprint is not None:
+            self.__dict__["fingerprint"] = fingerprint  # known from the weight files: skip hashing tensors
         self.hf = hf
         self.tokenizer = tokenizer
         self.name = name
@@ -149,13 +207,9 @@ class HarcModel:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identifies the weights, so artifacts from another model are refused."""
-        cfg = self.hf.config
-        emb = self.hf.get_input_embeddings().weight[:4, :32].detach().float().cpu()
-        meta = json.dumps(
-            [cfg.model_type, self.n_layers, self.d_model, cfg.vocab_size, emb.round(decimals=4).tolist()]
-        )
-        return hashlib.sha256(meta.encode()).hexdigest()[:16]
+        """sha256 of every weight (and the architecture), so artifacts from another model are refused:
+        from the weight files for a model loaded from disk, else from the tensors (`model.fingerprint`)."""
+        return tensors_fingerprint(self.hf)
 
     @cached_property
     def bridge(self):

@@ -8,6 +8,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -197,6 +198,22 @@ def resolve_model_dir(spec: str) -> tuple[Path | str, str]:
         if not (path / "config.json").is_file():
             raise HarcError(f"{path} is a directory but has no config.json: not a Hugging Face model dir")
         return path, path.name
-    if path.exists() or spec.startswith((".", "/", "~")):
+    if path.exists():
         raise HarcError(f"model path {spec} is neither a Hugging Face directory nor a .gguf file")
+    if _looks_like_a_path(spec):
+        raise HarcError(
+            f"model path {spec} does not exist (a hub id is ORG/NAME; built-in offline models: "
+            f"{', '.join(OFFLINE_MODELS)})"
+        )
     return spec, spec  # a hub id
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _looks_like_a_path(spec: str) -> bool:
+    """A spec that cannot be a hub id (ORG/NAME), or whose first part is a local folder: a mistyped
+    path, refused at once rather than after the hub's retries."""
+    if spec.startswith((".", "/", "~")) or "\\" in spec or not _HUB_ID.match(spec):
+        return True
+    return "/" in spec and Path(spec.split("/", 1)[0]).is_dir()

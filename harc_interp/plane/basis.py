@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..directions.artifact import Directions
 from ..errors import HarcError
+from ..shapes import Direction
 
 MAX_ABS_COS = 0.99
 PLANE_POSITIONS = ("t_inst", "t_post")
@@ -67,8 +68,8 @@ class PlaneBasis:
 
 
 def plane_basis(
-    a: Float[Tensor, " d_model"],
-    b: Float[Tensor, " d_model"],
+    a: Direction,
+    b: Direction,
     *,
     slot: int = -1,
     names: tuple[str, str] = ("v_harm", "v_ref"),

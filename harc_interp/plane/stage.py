@@ -180,19 +180,7 @@ def write_plane_run(
     out = Path(out_dir)
     write_jsonl(out / "coords.jsonl", coords_rows(result))
     if generations:
-        write_jsonl(
-            out / "generations.jsonl",
-            [
-                {
-                    "id": g.prompt_id,
-                    "group": grp,
-                    "prompt": g.instruction,
-                    "response": g.response,
-                    "complied": c,
-                }
-                for g, grp, c in zip(generations, result.groups, result.complied, strict=True)
-            ],
-        )
+        write_jsonl(out / "generations.jsonl", generation_rows(generations, result.groups, result.complied))
     geometry = result.meta | {
         "views": {kind: geo.to_dict() for kind, geo in result.geometry.items()},
         "slots_in_figure": sorted(result.coords),
@@ -200,3 +188,13 @@ def write_plane_run(
     }
     write_json(out / "geometry.json", geometry)
     return {"coords": str(out / "coords.jsonl"), "geometry": str(out / "geometry.json")}
+
+
+def generation_rows(
+    generations: Sequence, groups: Sequence[str], complied: Sequence[bool | None]
+) -> list[dict]:
+    """generations.jsonl rows (responses stay in the run folder, never in logs)."""
+    return [
+        {"id": g.prompt_id, "group": grp, "prompt": g.instruction, "response": g.response, "complied": c}
+        for g, grp, c in zip(generations, groups, complied, strict=True)
+    ]

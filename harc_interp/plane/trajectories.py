@@ -42,7 +42,7 @@ from ..errors import HarcError
 from ..model.hooked import HarcModel
 from .basis import HARMLESS, REFERENCE, PlaneBasis, plane_basis, unit_vector
 from .geometry import group_of
-from .stage import resolve_slot
+from .stage import generation_rows, resolve_slot
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,39 @@ def response_basis(directions: Directions, slot: int) -> tuple[Tensor, PlaneBasi
         return units, None, str(e)
 
 
+@dataclass(frozen=True)
+class Projections:
+    """Every prompt's read-outs at one slot: the prompt side on v̂_harm (t_inst) and v̂_ref (t_post), each
+    response token on the response-side directions (oblique; orthonormal when they span a plane), and
+    the response score."""
+
+    harm_inst: list[float]
+    ref_post: list[float]
+    tokens_oblique: list[Tensor]
+    tokens_ortho: list[Tensor] | None
+    scores: list[float | None]
+    cos_resp: float
+    no_plane: str | None
+
+
+def project(model, directions: Directions, slot: int, chats, config: TrajectoryConfig) -> Projections:
+    """Teacher-force the chats (prompt + response) and project their residuals at `slot`."""
+    units, basis, no_plane = response_basis(directions, slot)
+    v_harm = unit_vector(directions.unit("v_harm", slot), "v_harm", slot)
+    v_ref = unit_vector(directions.unit("v_ref", slot), "v_ref", slot)
+    forced = teacher_forced_residuals(model, chats, slot, batch_size=config.batch_size)
+    tokens_oblique = [r.double() @ units.T for r in forced.response]
+    return Projections(
+        harm_inst=(forced.prompt[:, 0].double() @ v_harm).tolist(),
+        ref_post=(forced.prompt[:, 1].double() @ v_ref).tolist(),
+        tokens_oblique=tokens_oblique,
+        tokens_ortho=[basis.orthonormal(r) for r in forced.response] if basis is not None else None,
+        scores=[response_score(t[:, 0], config.n_tokens, config.reduce) for t in tokens_oblique],
+        cos_resp=float(units[0] @ units[1]),
+        no_plane=no_plane,
+    )
+
+
 def run_trajectories(
     model: HarcModel,
     directions: Directions,
@@ -173,9 +206,6 @@ def run_trajectories(
     fmt = formatter_for(model, config.system_prompt)
     directions.check_model(model, fmt.template_hash)
     slot = resolve_slot(directions, config.layer)
-    units, basis, no_plane = response_basis(directions, slot)
-    v_harm = unit_vector(directions.unit("v_harm", slot), "v_harm", slot)
-    v_ref = unit_vector(directions.unit("v_ref", slot), "v_ref", slot)
     groups = [group_of(p) for p in prompts.prompts]
     for needed in (REFERENCE, HARMLESS):
         if needed not in groups:
@@ -191,20 +221,50 @@ def run_trajectories(
         system_prompt=config.system_prompt,
         progress=progress,
     )
-    chats = fmt.format_many(prompts.texts, [g.response_ids for g in gens])
-    forced = teacher_forced_residuals(model, chats, slot, batch_size=config.batch_size)
-    harm_inst = (forced.prompt[:, 0].double() @ v_harm).tolist()
-    ref_post = (forced.prompt[:, 1].double() @ v_ref).tolist()
-    tokens_oblique = [r.double() @ units.T for r in forced.response]
-    tokens_ortho = [basis.orthonormal(r) for r in forced.response] if basis is not None else None
-    scores = [response_score(t[:, 0], config.n_tokens, config.reduce) for t in tokens_oblique]
+    proj = project(
+        model, directions, slot, fmt.format_many(prompts.texts, [g.response_ids for g in gens]), config
+    )
     complied = [not judge(g.response) for g in gens]
-    t_prompt = midpoint_threshold(harm_inst, groups)
-    t_resp = helpful_quantile(scores, groups, complied, config.quantile)
+    thresholds = {
+        "prompt_harmfulness": midpoint_threshold(proj.harm_inst, groups),
+        "prompt_rule": "midpoint of plain harmful and plain harmless means of h(t_inst)·v̂_harm",
+        "response_score": helpful_quantile(proj.scores, groups, complied, config.quantile),
+        "response_rule": f"{config.quantile} quantile of the {config.reduce} of h·v̂_harm_resp over the "
+        f"first {config.n_tokens} tokens of helpful responses to plain harmless prompts",
+    }
+    rows = trajectory_rows(prompts, groups, gens, complied, proj, thresholds)
+    summary = {
+        "model": model.name,
+        "model_fingerprint": model.fingerprint,
+        "template_hash": fmt.template_hash,
+        "slot": slot,
+        "config": asdict(config),
+        "judge": repr(judge),
+        "thresholds": thresholds,
+        "cos_harm_resp_ref_resp": proj.cos_resp,
+        "orthonormal_response_basis": None if proj.tokens_ortho is None else "ok",
+        "no_plane_reason": proj.no_plane,
+        "groups": summarise(rows),
+        "created": now(),
+        "versions": versions(),
+    }
+    result = TrajectoryResult(slot, tuple(rows), summary)
+    if out_dir is not None:
+        out = Path(out_dir)
+        write_jsonl(out / "trajectories.jsonl", rows)
+        write_jsonl(out / "generations.jsonl", generation_rows(gens, groups, complied))
+        write_json(out / "summary.json", summary)
+    return result
+
+
+def trajectory_rows(
+    prompts: PromptSet, groups, gens, complied, proj: Projections, thresholds: dict
+) -> list[dict]:
+    """One trajectories.jsonl row per prompt: flags, scores and every response token's coordinates."""
     rows = []
     for i, p in enumerate(prompts.prompts):
-        prompt_flagged = harm_inst[i] > t_prompt
-        response_flagged = scores[i] is not None and scores[i] > t_resp
+        prompt_flagged = proj.harm_inst[i] > thresholds["prompt_harmfulness"]
+        response_flagged = proj.scores[i] is not None and proj.scores[i] > thresholds["response_score"]
         rows.append(
             {
                 "id": p.id,
@@ -214,55 +274,15 @@ def run_trajectories(
                 "complied": complied[i],
                 "finished": gens[i].finished,
                 "n_tokens": len(gens[i].response_ids),
-                "prompt": {"harmfulness": harm_inst[i], "refusal": ref_post[i]},
+                "prompt": {"harmfulness": proj.harm_inst[i], "refusal": proj.ref_post[i]},
                 "prompt_flagged": prompt_flagged,
-                "response_score": scores[i],
+                "response_score": proj.scores[i],
                 "response_flagged": response_flagged,
                 "recognised_late": response_flagged and not prompt_flagged,
                 "tokens": {
-                    "oblique": tokens_oblique[i].tolist(),
-                    "orthonormal": None if tokens_ortho is None else tokens_ortho[i].tolist(),
+                    "oblique": proj.tokens_oblique[i].tolist(),
+                    "orthonormal": None if proj.tokens_ortho is None else proj.tokens_ortho[i].tolist(),
                 },
             }
         )
-    by_group = summarise(rows)
-    summary = {
-        "model": model.name,
-        "model_fingerprint": model.fingerprint,
-        "template_hash": fmt.template_hash,
-        "slot": slot,
-        "config": asdict(config),
-        "judge": repr(judge),
-        "thresholds": {
-            "prompt_harmfulness": t_prompt,
-            "prompt_rule": "midpoint of plain harmful and plain harmless means of h(t_inst)·v̂_harm",
-            "response_score": t_resp,
-            "response_rule": f"{config.quantile} quantile of the {config.reduce} of h·v̂_harm_resp over the "
-            f"first {config.n_tokens} tokens of helpful responses to plain harmless prompts",
-        },
-        "cos_harm_resp_ref_resp": float(units[0] @ units[1]),
-        "orthonormal_response_basis": None if basis is None else "ok",
-        "no_plane_reason": no_plane,
-        "groups": by_group,
-        "created": now(),
-        "versions": versions(),
-    }
-    result = TrajectoryResult(slot, tuple(rows), summary)
-    if out_dir is not None:
-        out = Path(out_dir)
-        write_jsonl(out / "trajectories.jsonl", rows)
-        write_jsonl(
-            out / "generations.jsonl",
-            [
-                {
-                    "id": g.prompt_id,
-                    "group": grp,
-                    "prompt": g.instruction,
-                    "response": g.response,
-                    "complied": c,
-                }
-                for g, grp, c in zip(gens, groups, complied, strict=True)
-            ],
-        )
-        write_json(out / "summary.json", summary)
-    return result
+    return rows

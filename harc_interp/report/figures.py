@@ -157,6 +157,53 @@ def covariance_ellipse(points, n_sigma: float = 1.0, n: int = 64):
     return xy[0].tolist(), xy[1].tolist()
 
 
+def _group_traces(sub, idx, name: str, colour: str, slot: int, complied, hover) -> list[go.Scatter]:
+    """One group's three traces at one slot: its points (crosses where it complied), centroid, 1σ ellipse."""
+    symbols = ["x" if complied is not None and complied[i] else "circle" for i in idx]
+    text = [
+        f"{hover[i] if hover is not None else i}<br>{name}"
+        + ("" if complied is None or complied[i] is None else f"<br>complied: {complied[i]}")
+        for i in idx
+    ]
+    centre = sub.mean(0)
+    ex, ey = covariance_ellipse(sub)
+    return [
+        go.Scatter(
+            x=sub[:, 0],
+            y=sub[:, 1],
+            mode="markers",
+            name=f"{name} (n={len(idx)})",
+            legendgroup=name,
+            marker={"color": colour, "size": 7, "opacity": 0.7, "symbol": symbols},
+            text=text,
+            hoverinfo="text+x+y",
+            meta={"slot": slot, "group": name, "kind": "points"},
+        ),
+        go.Scatter(
+            x=[centre[0]],
+            y=[centre[1]],
+            mode="markers",
+            name=f"{name} centroid",
+            legendgroup=name,
+            showlegend=False,
+            marker={"color": colour, "size": 15, "symbol": "star", "line": {"width": 1, "color": "black"}},
+            hoverinfo="name+x+y",
+            meta={"slot": slot, "group": name, "kind": "centroid"},
+        ),
+        go.Scatter(
+            x=ex,
+            y=ey,
+            mode="lines",
+            name=f"{name} 1σ",
+            legendgroup=name,
+            showlegend=False,
+            line={"color": colour, "width": 1.5},
+            hoverinfo="skip",
+            meta={"slot": slot, "group": name, "kind": "ellipse"},
+        ),
+    ]
+
+
 def plane_figure(
     views: dict,
     groups,
@@ -186,65 +233,8 @@ def plane_figure(
         pts = np.asarray(views[slot], dtype=float)
         for name in names:
             idx = np.flatnonzero(g == name)
-            sub = pts[idx]
-            symbols = [
-                "x" if complied is not None and complied[i] else "circle" for i in idx
-            ]  # crosses: complied
-            text = [
-                f"{hover[i] if hover is not None else i}<br>{name}"
-                + ("" if complied is None or complied[i] is None else f"<br>complied: {complied[i]}")
-                for i in idx
-            ]
-            visible = k == active
-            fig.add_trace(
-                go.Scatter(
-                    x=sub[:, 0],
-                    y=sub[:, 1],
-                    mode="markers",
-                    name=f"{name} (n={len(idx)})",
-                    legendgroup=name,
-                    marker={"color": colours[name], "size": 7, "opacity": 0.7, "symbol": symbols},
-                    text=text,
-                    hoverinfo="text+x+y",
-                    visible=visible,
-                    meta={"slot": slot, "group": name, "kind": "points"},
-                )
-            )
-            centre = sub.mean(0)
-            fig.add_trace(
-                go.Scatter(
-                    x=[centre[0]],
-                    y=[centre[1]],
-                    mode="markers",
-                    name=f"{name} centroid",
-                    legendgroup=name,
-                    showlegend=False,
-                    marker={
-                        "color": colours[name],
-                        "size": 15,
-                        "symbol": "star",
-                        "line": {"width": 1, "color": "black"},
-                    },
-                    hoverinfo="name+x+y",
-                    visible=visible,
-                    meta={"slot": slot, "group": name, "kind": "centroid"},
-                )
-            )
-            ex, ey = covariance_ellipse(sub)
-            fig.add_trace(
-                go.Scatter(
-                    x=ex,
-                    y=ey,
-                    mode="lines",
-                    name=f"{name} 1σ",
-                    legendgroup=name,
-                    showlegend=False,
-                    line={"color": colours[name], "width": 1.5},
-                    hoverinfo="skip",
-                    visible=visible,
-                    meta={"slot": slot, "group": name, "kind": "ellipse"},
-                )
-            )
+            for trace in _group_traces(pts[idx], idx, name, colours[name], slot, complied, hover):
+                fig.add_trace(trace.update(visible=k == active))
     per_slot = 3 * len(names)
     steps = []
     for k, slot in enumerate(slots):
