@@ -340,5 +340,5 @@ def test_plane_cli_end_to_end_on_tiny_model(
     assert not any(x["response"].strip() and x["response"] in printed_text for x in gens)
 
     # An artifact from another template (here: another system prompt) is refused.
-    assert main([*argv, "--system-prompt", "Be brief."]) == 2
+    assert main([*argv, "--system-prompt", "Be brief.", "--force"]) == 2
     assert "different chat template" in capsys.readouterr().err

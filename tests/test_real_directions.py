@@ -123,6 +123,7 @@ def test_subspace_training_on_the_real_model(real, real_directions, tmp_path):
 
 def test_plane_on_the_real_model(real, real_directions, tmp_path):
     from harc_interp.plane import PlaneConfig, run_plane, study_prompts
+    from harc_interp.report import write_plane_figures
 
     attacks = starter_prompts("attacks")
     classes = ["prefix_injection", "refusal_suppression"]
@@ -150,4 +151,5 @@ def test_plane_on_the_real_model(real, real_directions, tmp_path):
     )  # harmfulness axis separates plain harmful from harmless
     assert harmful.centroid[1] > harmless.centroid[1]  # and so does the refusal axis
     assert {c.name for c in geo.classes} >= {"harmful", "harmless", *classes}
+    write_plane_figures(result, tmp_path, real_directions)
     assert (tmp_path / "coords.jsonl").is_file() and (tmp_path / "figures" / "plane_oblique.html").is_file()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -187,9 +188,15 @@ def residuals_for_batch(
     return out
 
 
-def _run_key(model: HarcModel, cfg: CacheConfig, slots, prompts: Sequence[ChatPrompt]) -> str:
+def _run_key(model: HarcModel, cfg: CacheConfig, slots, ps: PromptSet, prompts: Sequence[ChatPrompt]) -> str:
+    """What a cache depends on: every weight, the compute dtype, slots, settings, prompts and tokens."""
     h = hashlib.sha256()
-    h.update(json.dumps([model.fingerprint, list(slots), asdict(cfg) | {"batch_size": 0}]).encode())
+    settings = asdict(cfg) | {"batch_size": 0, "shard_size": 0}
+    h.update(
+        json.dumps(
+            [model.fingerprint, str(model.dtype), list(slots), settings, ps.ids, [p.label for p in ps]]
+        ).encode()
+    )
     for p in prompts:
         h.update(json.dumps(p.all_ids).encode())
     return h.hexdigest()[:16]
@@ -204,20 +211,22 @@ def cache_residuals(
     config: CacheConfig = CacheConfig(),
     hooks: Sequence[tuple[str, HookFn]] = (),
     progress: bool = True,
+    force: bool = False,
 ) -> Activations:
     """Cache residuals for a prompt set; with `out_dir`, stream shards to disk and resume a broken run.
 
     Writes `out_dir/activations.safetensors` (`resid[prompt, layer, position, d_model]`) and
     `out_dir/activations.json` (model, template hash, layers, positions, hook names, prompt ids,
-    labels, versions). `hooks` caches the residuals of an intervened model (in memory only).
-    """
+    labels, dtypes, versions). A finished cache of the same run is returned as it is; one of another run
+    (model weights, prompts or settings differ) is refused unless `force`. `hooks` caches the residuals
+    of an intervened model (in memory only)."""
     if hooks and out_dir is not None:
         raise HarcError("caching under an intervention is in memory only: pass out_dir=None")
     ps = prompts if isinstance(prompts, PromptSet) else PromptSet("prompts", tuple(_as_prompts(prompts)))
     if len(ps) == 0:
         raise HarcError("no prompts to cache")
     fmt = formatter_for(model, config.system_prompt)
-    chats = fmt.format_many(ps.texts, responses)
+    chats = fmt.format_many(ps.texts, responses, ids=ps.ids)
     slots = tuple(range(model.n_layers + 1)) if config.layers is None else tuple(config.layers)
     for s in slots:
         resid_hook_name(s, model.n_layers)  # range check with a clear message
@@ -242,9 +251,11 @@ def cache_residuals(
             for i, acts in batches(order):
                 resid[order[i : i + len(acts)]] = acts
             return Activations(resid, slots, tuple(names), tuple(ps.ids), meta | {"created": now()})
-        run_key = _run_key(model, config, slots, chats)
+        run_key = _run_key(model, config, slots, ps, chats)
+        if _finished(Path(out_dir), run_key, force):
+            return Activations.load(out_dir)
         _write_shards(Path(out_dir), run_key, order, config.shard_size, shape, batches, bar)
-    _assemble(Path(out_dir), _shards(order, config.shard_size), shape, meta)
+    _assemble(Path(out_dir), _shards(order, config.shard_size), shape, meta | {"run_key": run_key})
     shutil.rmtree(Path(out_dir) / "shards")
     return Activations.load(out_dir)
 
@@ -265,9 +276,29 @@ def _cache_meta(
         "prompt_ids": ps.ids,
         "labels": [p.label for p in ps.prompts],
         "attack_classes": [p.attack_class for p in ps.prompts],
-        "dtype": "float32",
+        "compute_dtype": str(model.dtype).removeprefix("torch."),
+        "storage_dtype": "float32",
+        "device": str(model.device),
         "versions": versions(),
+        "command": " ".join(sys.argv),
     }
+
+
+def _finished(out_dir: Path, run_key: str, force: bool) -> bool:
+    """Whether `out_dir` already holds this run's finished cache; a finished cache of another run is an
+    error unless `force` (then it is replaced)."""
+    meta_path = out_dir / "activations.json"
+    if not meta_path.is_file():
+        return False
+    if read_json(meta_path).get("run_key") == run_key:
+        return True
+    if not force:
+        raise HarcError(
+            f"{out_dir} holds a finished cache of another run (model weights, prompts or settings differ): "
+            "choose a new --out, or pass --force to replace it"
+        )
+    shutil.rmtree(out_dir / "shards", ignore_errors=True)
+    return False
 
 
 def _shards(order: list[int], shard_size: int) -> list[list[int]]:

@@ -160,7 +160,7 @@ def generate(
     texts = ps.texts if ps is not None else list(prompts)
     ids = ps.ids if ps is not None else [f"prompt-{i}" for i in range(len(texts))]
     fmt = formatter_for(model, system_prompt)
-    chats = fmt.format_many(texts, None if prefill is None else [prefill] * len(texts))
+    chats = fmt.format_many(texts, None if prefill is None else [prefill] * len(texts), ids=ids)
     outs = generate_chats(
         model,
         chats,

@@ -9,7 +9,9 @@ import logging
 import sys
 
 from ..errors import HarcError
+from ..model.hooked import resolve_device
 from . import data_verbs, directions_verbs, intervention_verbs, plane_verbs
+from .common import check_output, record_output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,11 +29,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    out = getattr(args, "out", None)
     try:
+        resolve_device(args.device)  # a missing GPU is named before anything loads
+        if out is not None:
+            check_output(args)
         result = args.func(args)
+        if out is not None:
+            record_output(args)
     except HarcError as e:
         print(f"harc {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        where = f" in {out}" if out is not None else ""
+        print(
+            f"harc {args.command}: interrupted; finished steps are kept{where}: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     print(json.dumps(result, indent=1))
     return 0
 

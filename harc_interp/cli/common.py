@@ -57,6 +57,12 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="forward and generation batch (default 16)")
     p.add_argument("--system-prompt", default=None, help="system message (default: the template's own)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="write into an --out folder that holds another run")
+    p.add_argument(
+        "--skip-long",
+        action="store_true",
+        help="skip prompts longer than the model's context (default: an error)",
+    )
     p.add_argument(
         "--config",
         default=None,
@@ -191,14 +197,103 @@ def load_role(paths: list[str], role: str, limit: int | None):
     return ps.sample(limit, seed=0) if limit else ps
 
 
-def load_with_directions(args):
-    """The model and a Directions artifact checked against it (model and chat template)."""
-    from ..data.chat import formatter_for
-    from ..directions.artifact import Directions
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a --limit of 0 or -2 is a mistake, not 'all')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def load(args):
+    """The model the verb names, on the device it names (checked before anything loads)."""
     from ..model.hooked import load_model
 
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
-    d = Directions.load(
-        args.directions, model=model, template_hash=formatter_for(model, args.system_prompt).template_hash
-    )
-    return model, d
+    return load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
+
+
+def read_directions(args):
+    """The Directions artifact of --directions, read before the model loads (its model is checked by
+    `attach_model`)."""
+    from ..directions.artifact import Directions
+
+    return Directions.load(args.directions)
+
+
+def attach_model(args, directions):
+    """The model, with the directions checked against it (weights and chat template)."""
+    from ..data.chat import formatter_for
+
+    model = load(args)
+    directions.check_model(model, formatter_for(model, args.system_prompt).template_hash)
+    return model
+
+
+def within_context(model, args, ps):
+    """`ps` without prompts longer than the model's context: named in an error, or with --skip-long
+    dropped with a count."""
+    from ..data.chat import formatter_for
+    from ..data.prompts import PromptSet
+
+    long = formatter_for(model, args.system_prompt).too_long(ps.texts)
+    if not long:
+        return ps
+    ids = [ps.prompts[i].id for i in long]
+    if not getattr(args, "skip_long", False):
+        raise HarcError(
+            f"{len(ids)} prompt(s) are longer than the model's context of {model.context_length} tokens, "
+            f"e.g. '{ids[0]}': shorten them or pass --skip-long"
+        )
+    log.warning("skipped %d prompt(s) longer than the context (e.g. %s)", len(ids), ids[0])
+    keep = set(range(len(ps))) - set(long)
+    return PromptSet(ps.name, tuple(p for i, p in enumerate(ps.prompts) if i in keep), ps.templates)
+
+
+# ------------------------------------------------------------------------------------------------
+# The --out folder: checked before anything loads, claimed by the run that finished in it
+
+RUN_FILE = "harc_run.json"
+_NOT_IN_KEY = ("quiet", "force", "func", "batch_size", "device", "skip_long")
+
+
+def run_key(args) -> dict:
+    """What a verb's output depends on: its arguments (not how fast or where it ran) and its configs."""
+    values = {k: v for k, v in vars(args).items() if k not in _NOT_IN_KEY}
+    return {
+        "command": args.command,
+        "args": json.loads(json.dumps(values, default=str)),
+        "config": config_sections(args),
+    }
+
+
+def check_output(args) -> None:
+    """--out must be a folder that can be written, and hold no finished run of other inputs (unless
+    --force): a finished run is never overwritten by a different one by accident."""
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise HarcError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".harc_write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise HarcError(f"--out {out} cannot be written ({e.strerror})") from None
+    claimed = out / RUN_FILE
+    if claimed.is_file() and not args.force:
+        from ..artifacts import read_json
+
+        if read_json(claimed).get("key") != run_key(args):
+            raise HarcError(
+                f"--out {out} holds a finished `harc {read_json(claimed).get('key', {}).get('command')}` run of "
+                "other inputs: choose a new --out, or pass --force to write over it"
+            )
+
+
+def record_output(args) -> None:
+    from ..artifacts import provenance, write_json
+
+    write_json(Path(args.out) / RUN_FILE, {"key": run_key(args), "provenance": provenance()})

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from ..capture.activations import CacheConfig
 from ..errors import HarcError
-from .common import build_config, default, int_list, load_prompt_files, model_args, str_list
+from .common import (
+    build_config,
+    default,
+    int_list,
+    load,
+    load_prompt_files,
+    model_args,
+    positive_int,
+    str_list,
+    within_context,
+)
 
 
 def add_parsers(sub) -> None:
@@ -21,7 +31,9 @@ def add_parsers(sub) -> None:
         help="JSONL/CSV files, starter:KIND or hf:NAME[:SPLIT[:COLUMN]]",
     )
     cache.add_argument("--label", default=None, help="override every prompt's label")
-    cache.add_argument("--limit", type=int, default=None, help="a deterministic random subset of this size")
+    cache.add_argument(
+        "--limit", type=positive_int, default=None, help="a deterministic random subset of this size"
+    )
     cache.add_argument("--out", required=True)
     cache.add_argument("--layers", default=None, help="comma-separated slots 0..n_layers (default: all)")
     cache.add_argument(
@@ -44,23 +56,36 @@ def add_parsers(sub) -> None:
     model_args(gen)
     gen.add_argument("--prompts", nargs="+", required=True)
     gen.add_argument("--label", default=None)
-    gen.add_argument("--limit", type=int, default=None)
+    gen.add_argument("--limit", type=positive_int, default=None)
     gen.add_argument("--out", required=True)
-    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--max-new-tokens", type=positive_int, default=64)
     gen.set_defaults(func=cmd_generate)
 
 
 def _responses(path: str, ids: list[str]) -> list[str]:
-    by_id = {r["id"]: r["response"] for r in map(json.loads, Path(path).read_text().splitlines()) if r}
+    """The `response` of each prompt id from a JSONL file (as `harc generate` writes it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise HarcError(f"--responses {p} does not exist")
+    by_id = {}
+    for n, line in enumerate(p.read_text(encoding="utf-8-sig").split("\n"), 1):
+        if not line.strip():
+            continue  # a blank line (e.g. at the end) is no row
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HarcError(f"--responses {p}:{n} is not valid JSON: {e}") from None
+        if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("response"), str):
+            raise HarcError(f"--responses {p}:{n} needs an 'id' and a 'response' (text)")
+        by_id[str(row["id"])] = row["response"]
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise HarcError(f"{path} has no response for prompt ids {missing[:5]}")
+        raise HarcError(f"--responses {p} has no response for prompt ids {missing[:5]}")
     return [by_id[i] for i in ids]
 
 
 def cmd_cache(args: argparse.Namespace) -> dict:
     from ..capture.activations import cache_residuals
-    from ..model.hooked import load_model
 
     ps = load_prompt_files(args.prompts, args.label, args.limit)
     responses = _responses(args.responses, ps.ids) if args.responses else None
@@ -73,9 +98,17 @@ def cmd_cache(args: argparse.Namespace) -> dict:
         "system_prompt": args.system_prompt,
     }
     config = build_config(CacheConfig, "cache", args, flags)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load(args)
+    if responses is None:  # with responses the rows must stay aligned: a long one is an error
+        ps = within_context(model, args, ps)
     acts = cache_residuals(
-        model, ps, out_dir=args.out, responses=responses, config=config, progress=not args.quiet
+        model,
+        ps,
+        out_dir=args.out,
+        responses=responses,
+        config=config,
+        progress=not args.quiet,
+        force=args.force,
     )
     return {
         "out": str(args.out),
@@ -86,12 +119,12 @@ def cmd_cache(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
-    from ..artifacts import write_json, write_jsonl
+    from ..artifacts import provenance, write_json, write_jsonl
     from ..capture.generate import generate
-    from ..model.hooked import load_model
 
     ps = load_prompt_files(args.prompts, args.label, args.limit)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load(args)
+    ps = within_context(model, args, ps)
     gens = generate(
         model,
         ps,
@@ -114,7 +147,6 @@ def cmd_generate(args: argparse.Namespace) -> dict:
         for p, g in zip(ps.prompts, gens, strict=True)
     ]
     write_jsonl(out / "generations.jsonl", rows)
-    write_json(
-        out / "generations.json", {"model": model.name, "max_new_tokens": args.max_new_tokens, "n": len(gens)}
-    )
+    meta = {"model": model.name, "max_new_tokens": args.max_new_tokens, "n": len(gens)}
+    write_json(out / "generations.json", meta | {"provenance": provenance(model)})
     return {"out": str(out / "generations.jsonl"), "n": len(gens)}

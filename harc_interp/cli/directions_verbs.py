@@ -6,7 +6,19 @@ import argparse
 
 from ..directions.stage import DirectionsConfig
 from ..errors import HarcError
-from .common import build_config, int_list, load_prompt_files, load_role, model_args, str_list
+from .common import (
+    attach_model,
+    build_config,
+    int_list,
+    load,
+    load_prompt_files,
+    load_role,
+    model_args,
+    positive_int,
+    read_directions,
+    str_list,
+    within_context,
+)
 
 D = DirectionsConfig
 
@@ -100,7 +112,7 @@ def add_parsers(sub) -> None:
     score.add_argument("--prompts", nargs="+", required=True)
     score.add_argument("--position", default="t_inst", choices=["t_inst", "t_post"])
     score.add_argument("--layers", default=None, help="comma-separated slots (default: every probe slot)")
-    score.add_argument("--limit", type=int, default=None)
+    score.add_argument("--limit", type=positive_int, default=None)
     score.add_argument("--out", required=True)
     score.set_defaults(func=cmd_score)
 
@@ -135,13 +147,13 @@ def directions_config(args, base: DirectionsConfig | None = None) -> DirectionsC
 
 def cmd_directions(args: argparse.Namespace) -> dict:
     from ..directions.stage import extract_directions
-    from ..model.hooked import load_model
     from ..report.figures import write_directions_figures
 
     config = directions_config(args)
     harmful = load_role(args.harmful, "harmful", None)
     harmless = load_role(args.harmless, "harmless", None)
-    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    model = load(args)
+    harmful, harmless = within_context(model, args, harmful), within_context(model, args, harmless)
     refusal_tokens = _refusal_tokens(model, args.refusal_tokens)
     d = extract_directions(
         model, harmful, harmless, args.out, config, refusal_tokens=refusal_tokens, progress=not args.quiet
@@ -161,12 +173,13 @@ def cmd_directions(args: argparse.Namespace) -> dict:
 def cmd_score(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from ..artifacts import write_json, write_jsonl
+    from ..artifacts import provenance, write_json, write_jsonl
     from ..directions.score import score_prompts
-    from .common import load_with_directions
 
     ps = load_prompt_files(args.prompts, None, args.limit)
-    model, d = load_with_directions(args)
+    d = read_directions(args)
+    model = attach_model(args, d)
+    ps = within_context(model, args, ps)
     scores = score_prompts(
         model,
         d,
@@ -190,6 +203,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     write_jsonl(out / "scores.jsonl", rows)
     auroc = scores.auroc()
     summary = {"position": scores.position, "layers": list(scores.layers), "n": len(rows), "auroc": auroc}
+    summary["provenance"] = provenance(model, directions=str(args.directions))
     write_json(out / "scores.json", summary)
     best = None
     if auroc:
@@ -203,7 +217,6 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from ..model.hooked import load_model
     from ..report.pipeline import run_main
 
     harmful = load_role(args.harmful, "harmful", None) if args.harmful else None
@@ -212,10 +225,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
     base = DirectionsConfig(n_train=28, n_val=8, n_test=12, batch_size=batch_size)
     config = build_config(DirectionsConfig, "directions", args, base=base)
     model, refusal_tokens = args.model, None
-    if (
-        args.refusal_tokens
-    ):  # token strings need the tokenizer; otherwise run_main loads (and times) the model
-        model = load_model(args.model, dtype=args.dtype, device=args.device)
+    if args.refusal_tokens:  # token strings need the tokenizer; otherwise run_main loads (and times) it
+        model = load(args)
         refusal_tokens = _refusal_tokens(model, args.refusal_tokens)
     summary = run_main(
         model,

@@ -12,7 +12,16 @@ from ..data.prompts import SplitConfig
 from ..errors import HarcError
 from ..evaluation.safety import EvalConfig
 from ..evaluation.verify import VerifyConfig
-from .common import build_config, int_list, load_role, load_with_directions, model_args
+from .common import (
+    attach_model,
+    build_config,
+    int_list,
+    load_role,
+    model_args,
+    positive_int,
+    read_directions,
+    within_context,
+)
 
 S = SubspaceConfig
 # The subspace-only flags: (flag dest, SubspaceConfig field, help).
@@ -139,7 +148,7 @@ def add_parsers(sub) -> None:
     ver.add_argument("--intervention", required=True, help="a `harc train` output or a peft LoRA adapter")
     ver.add_argument("--harmful", nargs="+", default=["starter:harmful"])
     ver.add_argument("--harmless", nargs="+", default=["starter:harmless"])
-    ver.add_argument("--limit", type=int, default=16)
+    ver.add_argument("--limit", type=positive_int, default=16)
     ver.add_argument("--out", required=True)
     ver.set_defaults(func=cmd_verify)
 
@@ -204,8 +213,10 @@ def cmd_train(args: argparse.Namespace) -> dict:
     from ..coupling.subspace import train_subspace
 
     config = train_configs(args)  # before loading anything: a bad flag costs nothing
-    model, d = load_with_directions(args)
+    d = read_directions(args)
     train_sets, eval_sets = safety_sets(args, d)
+    model = attach_model(args, d)
+    train_sets = {k: within_context(model, args, v) for k, v in train_sets.items()}
     out = Path(args.out)
     if isinstance(config, SubspaceConfig):
         train_subspace(model, d, train_sets, out, config, progress=not args.quiet)
@@ -232,8 +243,10 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         EvalConfig, "eval", args, flags | {"seed": args.sample_seed, "system_prompt": args.system_prompt}
     )
     info = InterventionInfo.read(args.intervention) if args.intervention else None
-    model, d = load_with_directions(args)
+    d = read_directions(args)
     _, ev = safety_sets(args, d)
+    model = attach_model(args, d)
+    ev = {k: within_context(model, args, v) for k, v in ev.items()}
     kwargs = dict(
         jailbreaks=ev["jailbreaks"],
         harmful=ev["harmful"],
@@ -275,11 +288,13 @@ def cmd_verify(args: argparse.Namespace) -> dict:
 
     config = build_config(VerifyConfig, "verify", args, {"batch_size": args.batch_size})
     info = InterventionInfo.read(args.intervention)
-    model, d = load_with_directions(args)
+    d = read_directions(args)
     prompts = {
         "harmful": load_role(args.harmful, "harmful", args.limit),
         "harmless": load_role(args.harmless, "harmless", args.limit),
     }
+    model = attach_model(args, d)
+    prompts = {k: within_context(model, args, v) for k, v in prompts.items()}
     with load_intervention(model, args.intervention) as (tuned, base):
         report = confinement_report(
             model,

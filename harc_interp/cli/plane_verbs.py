@@ -8,7 +8,7 @@ import argparse
 from ..errors import HarcError
 from ..plane.stage import PlaneConfig
 from ..plane.trajectories import TrajectoryConfig
-from .common import build_config, load_with_directions, model_args
+from .common import attach_model, build_config, model_args, positive_int, read_directions, within_context
 
 
 def _plane_args(p: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def _plane_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--goals", default=None, help="harmful goals to fill templates (default: the plain harmful)"
     )
-    p.add_argument("--n-goals", type=int, default=8, help="goals per attack template")
-    p.add_argument("--per-class", type=int, default=None, help="at most this many prompts per group")
+    p.add_argument("--n-goals", type=positive_int, default=8, help="goals per attack template")
+    p.add_argument("--per-class", type=positive_int, default=None, help="at most this many prompts per group")
     p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
     p.add_argument(
         "--exclude",
@@ -127,8 +127,10 @@ def cmd_plane(args: argparse.Namespace) -> dict:
 
     flags = _common_flags(args) | {"k": args.k, "n_permutations": args.n_permutations, "seed": args.seed}
     config = build_config(PlaneConfig, "plane", args, flags)
-    model, d = load_with_directions(args)
+    d = read_directions(args)
     ps = plane_prompts(args, d)
+    model = attach_model(args, d)
+    ps = within_context(model, args, ps)
     result = run_plane(model, d, ps, args.out, config, progress=not args.quiet)
     write_plane_figures(result, args.out, d)
     geo = result.geometry["oblique"]
@@ -164,8 +166,10 @@ def cmd_trajectories(args: argparse.Namespace) -> dict:
         "quantile": args.quantile,
     }
     config = build_config(TrajectoryConfig, "trajectories", args, flags)
-    model, d = load_with_directions(args)
+    d = read_directions(args)
     ps = plane_prompts(args, d)
+    model = attach_model(args, d)
+    ps = within_context(model, args, ps)
     result = run_trajectories(model, d, ps, args.out, config, progress=not args.quiet)
     write_trajectory_figures(result, args.out, model.name)
     keys = ("n", "complied_rate", "prompt_flagged_rate", "response_flagged_rate", "late_recognition_rate")

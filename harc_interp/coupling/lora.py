@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..artifacts import now, stamp_schema, write_json
+from ..artifacts import now, provenance, stamp_schema, write_json
 from ..capture.activations import CacheConfig, cache_residuals
 from ..capture.forward import forward_batch, kl_divergence, response_logprobs
 from ..capture.generate import judged_generations
@@ -287,6 +287,7 @@ def train_lora(
         "n_examples": {k: len(v) for k, v in examples.items()},
         "final_losses": rows[-1] if rows else None,
         "trained": now(),
+        "provenance": provenance(model),
     }
     write_json(out_dir / "coupling.json", stamp_schema(meta, "coupling", SCHEMA_VERSION))
     write_json(out_dir / "train_summary.json", {"log": rows, "meta": meta})

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..artifacts import cached_tensors, now, write_json
+from ..artifacts import cached_tensors, now, provenance, write_json
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
@@ -130,6 +130,7 @@ def train_subspace(
         },
         "objective": {str(s): st["objective"] for s, st in zip(slots, stages, strict=True)},
         "trained": now(),
+        "provenance": provenance(model),
     }
     rows = [row | {"slot": s} for s, st in zip(slots, stages, strict=True) for row in st["log"]]
     coupling.save(out_dir)

@@ -144,14 +144,30 @@ class ChatFormatter:
         return ChatPrompt(instruction, text, tuple(ids), inst_span, t_inst, response_ids)
 
     def format_many(
-        self, instructions: Sequence[str], responses: Sequence[str | Sequence[int]] | None = None
+        self,
+        instructions: Sequence[str],
+        responses: Sequence[str | Sequence[int]] | None = None,
+        ids: Sequence[str] | None = None,
     ) -> list[ChatPrompt]:
+        """Every instruction formatted; an error names the row (its id, with `ids`) that caused it."""
         if responses is not None and len(responses) != len(instructions):
             raise HarcError(f"{len(instructions)} instructions but {len(responses)} responses")
-        return [
-            self.format(inst, None if responses is None else responses[i])
-            for i, inst in enumerate(instructions)
-        ]
+        out = []
+        for i, inst in enumerate(instructions):
+            try:
+                out.append(self.format(inst, None if responses is None else responses[i]))
+            except HarcError as e:
+                row = f"prompt '{ids[i]}'" if ids is not None else f"prompt {i}"
+                raise HarcError(f"{row}: {e}") from None
+        return out
+
+    def too_long(self, instructions: Sequence[str]) -> list[int]:
+        """Indices of the instructions whose prompt alone exceeds the context (none without a limit)."""
+        if self.max_length is None:
+            return []
+        texts = [self.render(t) for t in instructions]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [i for i, n in enumerate(lengths) if n > self.max_length]
 
 
 def formatter_for(model, system_prompt: str | None = None) -> ChatFormatter:

@@ -151,7 +151,9 @@ def _rows_from_file(path: Path) -> Iterable[tuple[str, dict]]:
         except json.JSONDecodeError as e:
             lines = [line for line in text.split("\n") if line.strip()]
             if len(lines) > 1 and _all_json(lines):
-                raise HarcError(f"{path} holds JSON lines (one object per line): rename it to .jsonl") from None
+                raise HarcError(
+                    f"{path} holds JSON lines (one object per line): rename it to .jsonl"
+                ) from None
             raise HarcError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(data, list):
             raise HarcError(f"{path} must hold a JSON list of objects")

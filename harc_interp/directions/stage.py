@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import _jsonable, cached_json, read_json, write_json
+from ..artifacts import _jsonable, cached_json, provenance, read_json, write_json
 from ..capture.activations import Activations, CacheConfig, cache_residuals
 from ..capture.generate import judged_generations
 from ..capture.judges import DEFAULT_JUDGE, Judge, find_refusal_tokens
@@ -174,6 +174,7 @@ def extract_directions(
         metrics=metrics,
         selection=selection.to_json(),
         causal_validation=causal,
+        provenance=provenance(model),
     )
     d = replace(d, probes=probes)
     d.save(out_dir)

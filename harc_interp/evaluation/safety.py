@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import write_json
+from ..artifacts import provenance, write_json
 from ..capture.forward import forward_batch, kl_divergence, last_token_logprobs, response_logprobs
 from ..capture.generate import generate_chats, generate_texts
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -73,7 +73,7 @@ class _Judged:
         with self.tuned.context():
             texts = generate_texts(
                 self.model,
-                self.fmt.format_many([p.prompt for p in prompts]),
+                self.fmt.format_many([p.prompt for p in prompts], ids=[p.id for p in prompts]),
                 max_new_tokens=cfg.max_new_tokens,
                 batch_size=cfg.batch_size,
                 hooks=[*self.tuned.hooks, *extra],
@@ -141,6 +141,7 @@ def evaluate_safety(
         result["over_refusal_sampled"] = _mean(judged.refusals(borderline, "borderline_sampled", n_samples=k))
         result["harmless_refusal_sampled"] = _mean(judged.refusals(harmless, "harmless_sampled", n_samples=k))
     result |= capability_kl(model, harmless, base, tuned, judged.fmt, config)
+    result["provenance"] = provenance(model, judge=repr(judge), tuned=tuned.name, base=base.name)
     if responses_path is not None:
         write_json(responses_path, judged.responses)
     return result

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..artifacts import provenance
 from ..capture.activations import CacheConfig, cache_residuals
 from ..capture.forward import kl_divergence, last_token_logprobs
 from ..data.chat import formatter_for
@@ -123,6 +124,7 @@ def confinement_report(
     # An intervention with no designated slots (e.g. LoRA on every layer) has nothing to be confined at.
     report["max_rel_out_of_plane_at_intervened"] = worst_at_intervened if intervened_slots else None
     report["confined_at_intervened"] = worst_at_intervened <= tolerance if intervened_slots else None
+    report["provenance"] = provenance(model, tuned=tuned.name, base=base.name)
     return report
 
 

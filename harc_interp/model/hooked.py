@@ -67,7 +67,9 @@ def load_model(
         if not progress:
             hf_logging.enable_progress_bar()
     files = source if isinstance(source, Path) else _hub_snapshot(str(source))
-    fingerprint = None if files is None else files_fingerprint(files, hf.config, cache_root() / "fingerprints")
+    fingerprint = (
+        None if files is None else files_fingerprint(files, hf.config, cache_root() / "fingerprints")
+    )
     hf = hf.to(device).eval()
     hf.requires_grad_(False)
     return HarcModel(hf, tokenizer, name=name, source=str(source), fingerprint=fingerprint)

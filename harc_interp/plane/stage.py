@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifacts import now, versions, write_json, write_jsonl
+from ..artifacts import now, provenance, versions, write_json, write_jsonl
 from ..capture.activations import CacheConfig, cache_residuals
 from ..capture.generate import generate
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -138,6 +138,7 @@ def run_plane(
         "counts": {g: groups.count(g) for g in dict.fromkeys(groups)},
         "created": now(),
         "versions": versions(),
+        "provenance": provenance(model),
     }
     result = PlaneResult(slot, prompts, groups, complied, coords, skipped, geometry, meta)
     if out_dir is not None:

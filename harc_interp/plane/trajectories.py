@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..artifacts import now, versions, write_json, write_jsonl
+from ..artifacts import now, provenance, versions, write_json, write_jsonl
 from ..capture.forward import teacher_forced_residuals
 from ..capture.generate import generate
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -247,6 +247,7 @@ def run_trajectories(
         "groups": summarise(rows),
         "created": now(),
         "versions": versions(),
+        "provenance": provenance(model),
     }
     result = TrajectoryResult(slot, tuple(rows), summary)
     if out_dir is not None:

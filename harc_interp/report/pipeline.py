@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..artifacts import now, versions, write_json
+from ..artifacts import now, provenance, versions, write_json
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..data.prompts import PromptSet, starter_prompts
 from ..directions.artifact import Directions
@@ -40,7 +40,7 @@ def run_main(
     the same settings reuses the finished directions stage."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
-    m = load_model(model, dtype=dtype, device=device) if isinstance(model, str) else model
+    m = load_model(model, dtype=dtype, device=device, progress=progress) if isinstance(model, str) else model
     harmful = harmful if harmful is not None else starter_prompts("harmful")
     harmless = harmless if harmless is not None else starter_prompts("harmless")
     config = directions_config or DirectionsConfig(n_train=28, n_val=8, n_test=12, batch_size=batch_size)
@@ -111,4 +111,5 @@ def main_summary(model: HarcModel, d: Directions, plane: PlaneResult, out_dir: P
         },
         "created": now(),
         "versions": versions(),
+        "provenance": provenance(model),
     }
