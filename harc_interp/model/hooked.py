@@ -29,7 +29,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 def load_model(
-    spec: str | nn.Module = DEFAULT_MODEL,
+    spec: str | Path | nn.Module = DEFAULT_MODEL,
     *,
     tokenizer=None,
     dtype: str | torch.dtype = "float32",

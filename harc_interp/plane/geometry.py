@@ -13,6 +13,7 @@ p-value. **Compliance**: the share of a class's generations the refusal judge do
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -22,6 +23,8 @@ from jaxtyping import Float
 from ..data.prompts import Prompt
 from ..errors import HarcError
 from .basis import AXIS_TITLES, HARMLESS, REFERENCE
+
+log = logging.getLogger(__name__)
 
 
 def group_of(p: Prompt) -> str:
@@ -107,7 +110,9 @@ def separability(
     """Cross-validated accuracy of telling the groups apart from their 2-D coordinates.
 
     Stratified k-fold (k = min(n_splits, smallest group)) linear discriminant analysis (a linear
-    classifier with a shared covariance, closed form); groups with a single point are left out. Chance: the majority-group rate for
+    classifier with a shared covariance, closed form); groups with a single point are left out, and groups
+    too small for any fold to train on (LDA needs more points than groups) give no accuracy, with a note
+    and a warning rather than an error. Chance: the majority-group rate for
     accuracy and 1/K for balanced accuracy; `p_value` from a label-permutation test of balanced accuracy.
     """
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
@@ -126,7 +131,18 @@ def separability(
     folds = int(min(n_splits, min(np.count_nonzero(y == c) for c in classes)))
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     clf = LinearDiscriminantAnalysis()
-    pred = cross_val_predict(clf, x, y, cv=cv)
+    try:
+        pred = cross_val_predict(clf, x, y, cv=cv)
+    except ValueError as e:  # a training fold with no more points than groups
+        log.warning(
+            "separability skipped: %d points in %d groups are too few to cross-validate", len(y), len(classes)
+        )
+        return {
+            "classes": classes,
+            "dropped": dropped,
+            "accuracy": None,
+            "note": f"too few points per group ({e})",
+        }
     result = {
         "classes": classes,
         "dropped": dropped,
