@@ -120,5 +120,15 @@ def test_directions_verb(tiny_dir, tmp_path, capsys, monkeypatch):
     assert [c["slot"] for c in d.selection.arditi["candidates"]] == [1, 2]
     assert (out / "figures" / "auroc_by_layer.html").is_file()
 
+    # The saved probes score prompts from the command line: one row per prompt, every probe slot.
+    score = ["score", "--model", str(tiny_dir), "--directions", str(out), "--prompts", "starter:harmful"]
+    assert main([*score, "starter:harmless", "--limit", "12", "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = [json.loads(x) for x in (tmp_path / "s" / "scores.jsonl").read_text().splitlines()]
+    assert printed["n"] == len(rows) == 12 and set(rows[0]["probe"]) == {str(s) for s in d.layers}
+    assert all(0 <= p <= 1 for r in rows for p in r["probe"].values())
+    summary = json.loads((tmp_path / "s" / "scores.json").read_text())
+    assert len(summary["auroc"]["probe"]) == len(d.layers) and printed["best_probe_slot"]["slot"] in d.layers
+
     assert main(args(tmp_path / "other", "I,Sorry about")) == 2
     assert "refusal token 'Sorry about'" in capsys.readouterr().err
