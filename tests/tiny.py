@@ -61,13 +61,22 @@ def build_tokenizer(family: str = "qwen2.5"):
     return fast
 
 
-def build_tiny_model_dir(path: Path, family: str = "qwen2.5", seed: int = 0) -> Path:
-    """Save a 4-layer random Qwen2 model with a local tokenizer as a Hugging Face directory."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def _family_model(family: str, tok):
+    """A 4-layer random causal LM of the family's own architecture (its module names and norms)."""
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
-    tok = build_tokenizer(family)
-    config = Qwen2Config(
+    common = dict(
         vocab_size=len(tok),
         hidden_size=64,
         intermediate_size=128,
@@ -80,12 +89,30 @@ def build_tiny_model_dir(path: Path, family: str = "qwen2.5", seed: int = 0) -> 
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
+    archs = {
+        "qwen2.5": (Qwen2Config, Qwen2ForCausalLM, {}),
+        "llama3": (LlamaConfig, LlamaForCausalLM, {}),
+        "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": None}),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM, {"head_dim": 16, "query_pre_attn_scalar": 16}),
+        "phi3": (Phi3Config, Phi3ForCausalLM, {}),
+    }
+    config_cls, model_cls, extra = archs[family]
+    return model_cls(config_cls(**common, **extra))
+
+
+def build_tiny_model_dir(path: Path, family: str = "qwen2.5", seed: int = 0) -> Path:
+    """Save a 4-layer random model of `family` with a local tokenizer as a Hugging Face directory."""
+    import torch
+
+    tok = build_tokenizer(family)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = _family_model(family, tok)
     with torch.no_grad():  # larger weights than the default init, so logits are far from ties
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.2)
+            elif family != "qwen2.5":  # norm weights off their init, so a norm is not a plain rescale
+                p.add_(torch.randn_like(p) * 0.3)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)

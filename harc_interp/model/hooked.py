@@ -244,7 +244,15 @@ class HarcModel:
             return block, "pre", layer
         if kind == "resid_post":
             return block, "post", layer
-        attr = ("self_attn", "attn", "attention") if kind == "attn_out" else ("mlp", "feed_forward")
+        # Sandwich-norm blocks (Gemma 2/3) normalise each sublayer's output before the residual add: what
+        # the block writes into the residual stream is that norm's output, as TransformerLens hooks it.
+        # (In Llama-style blocks `post_attention_layernorm` is the MLP's *input* norm: no
+        # `pre_feedforward_layernorm` tells them apart.)
+        sandwich = isinstance(getattr(block, "pre_feedforward_layernorm", None), nn.Module)
+        if sandwich:
+            attr = ("post_attention_layernorm",) if kind == "attn_out" else ("post_feedforward_layernorm",)
+        else:
+            attr = ("self_attn", "attn", "attention") if kind == "attn_out" else ("mlp", "feed_forward")
         sub = next((getattr(block, a) for a in attr if isinstance(getattr(block, a, None), nn.Module)), None)
         if sub is None:
             raise HarcError(f"hook '{name}': block {type(block).__name__} has no {'/'.join(attr)} submodule")
