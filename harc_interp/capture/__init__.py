@@ -10,6 +10,7 @@ from .forward import (
     last_token_logprobs,
     refusal_score,
     response_logprobs,
+    response_residuals,
     teacher_forced_residuals,
 )
 from .generate import Generation, generate, generate_chats, generate_texts, judged_generations
@@ -38,5 +39,6 @@ __all__ = [
     "refusal_score",
     "residuals_for_batch",
     "response_logprobs",
+    "response_residuals",
     "teacher_forced_residuals",
 ]

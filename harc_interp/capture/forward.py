@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from jaxtyping import Float
@@ -149,3 +150,39 @@ def teacher_forced_residuals(
     if not torch.isfinite(prompt_side).all() or not all(torch.isfinite(r).all() for r in response):
         raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
     return ForcedResiduals(slot, prompt_side, tuple(response))  # type: ignore[arg-type]
+
+
+def response_residuals(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    slots: Sequence[int],
+    *,
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 16,
+) -> Float[Tensor, "token layer d_model"]:
+    """Residuals at `slots` of every response token of teacher-forced chats (after `hooks`), float32 on
+    CPU, the chats' tokens one after another; the pass stops after the deepest slot."""
+    pad = pad_token_id(model.tokenizer)
+    names = [resid_hook_name(s, model.n_layers) for s in slots]
+    deepest = max(range(len(slots)), key=lambda i: slots[i])
+    parts = []
+    for start in range(0, len(chats), batch_size):
+        chunk = [c for c in chats[start : start + batch_size] if c.response_ids]
+        if not chunk:
+            continue
+        batch = left_pad(chunk, pad, with_response=True)
+        rows = torch.cat([torch.full((len(c.response_ids),), b) for b, c in enumerate(chunk)])
+        cols = torch.cat([torch.tensor(c.response_positions) + batch.offset[b] for b, c in enumerate(chunk)])
+        seen: dict[int, Tensor] = {}
+        capture = partial(_capture_at, seen=seen, rows=rows, cols=cols, deepest=deepest)
+        forward_batch(model, batch, [*hooks, *((n, partial(capture, i=i)) for i, n in enumerate(names))])
+        parts.append(torch.stack([seen[i] for i in range(len(slots))], 1))
+    if not parts:
+        return torch.empty(0, len(slots), model.d_model)
+    return torch.cat(parts)
+
+
+def _capture_at(resid: Tensor, site, *, i: int, seen: dict, rows: Tensor, cols: Tensor, deepest: int) -> None:
+    seen[i] = resid[rows.to(resid.device), cols.to(resid.device)].float().cpu()
+    if i == deepest:
+        raise StopForward

@@ -310,6 +310,7 @@ def cmd_verify(args: argparse.Namespace) -> dict:
     return {
         "out": str(Path(args.out) / "verify.json"),
         "intervened_slots": list(info.edited_slots),
+        "verdict": {k: report["verdict"][k] for k in ("confined", "tolerance", "checked_slots", "by_slot")},
         "confined_at_intervened": report["confined_at_intervened"],
         "max_rel_out_of_plane_at_intervened": report["max_rel_out_of_plane_at_intervened"],
         "summary": report["summary"],
