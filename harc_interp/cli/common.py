@@ -77,6 +77,17 @@ def model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def heldout_args(p: argparse.ArgumentParser) -> None:
+    """--classes, --heldout and --seed: which prompts a verb that reads a Directions artifact studies."""
+    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
+    p.add_argument(
+        "--heldout",
+        action="store_true",
+        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
+    )
+    p.add_argument("--seed", type=int, default=None)
+
+
 def config_sections(args) -> dict[str, dict]:
     """The config file's sections with the --set overrides applied."""
     sections: dict[str, dict] = {}

@@ -15,6 +15,7 @@ from ..evaluation.verify import VerifyConfig
 from .common import (
     attach_model,
     build_config,
+    heldout_args,
     int_list,
     load_role,
     model_args,
@@ -63,13 +64,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help=f"share held out for evaluation (default {SplitConfig.eval_fraction})",
     )
     p.add_argument("--max-per-class", type=int, default=None, help=f"default {SplitConfig.max_per_class}")
-    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
-    p.add_argument(
-        "--heldout",
-        action="store_true",
-        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
-    )
-    p.add_argument("--seed", type=int, default=None)
+    heldout_args(p)
 
 
 def add_parsers(sub) -> None:

@@ -8,7 +8,15 @@ import argparse
 from ..errors import HarcError
 from ..plane.stage import PlaneConfig
 from ..plane.trajectories import TrajectoryConfig
-from .common import attach_model, build_config, model_args, positive_int, read_directions, within_context
+from .common import (
+    attach_model,
+    build_config,
+    heldout_args,
+    model_args,
+    positive_int,
+    read_directions,
+    within_context,
+)
 
 
 def _plane_args(p: argparse.ArgumentParser) -> None:
@@ -31,19 +39,13 @@ def _plane_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n-goals", type=positive_int, default=8, help="goals per attack template")
     p.add_argument("--per-class", type=positive_int, default=None, help="at most this many prompts per group")
-    p.add_argument("--classes", default=None, help="comma-separated attack classes to keep (default: all)")
     p.add_argument(
         "--exclude",
         action="append",
         default=None,
         help="drop rows with FIELD=VALUE (repeatable), e.g. source=jbb",
     )
-    p.add_argument(
-        "--heldout",
-        action="store_true",
-        help="drop prompts (and goals) the directions were computed or selected on (the artifact's splits)",
-    )
-    p.add_argument("--seed", type=int, default=None)
+    heldout_args(p)
 
 
 def add_parsers(sub) -> None:

@@ -1,0 +1,7 @@
+"""`python -m harc_interp.cli`: the same as the `harc` command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
