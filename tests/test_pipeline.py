@@ -41,3 +41,13 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
         tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
     )
     assert again["directions"] == summary["directions"]
+
+    # Every JSON artifact names its schema and carries its provenance.
+    for path, schema in (
+        ("summary.json", "main_summary"),
+        ("directions/directions.json", "directions"),
+        ("plane/geometry.json", "plane_geometry"),
+    ):
+        meta = json.loads((tmp_path / path).read_text())
+        assert meta["schema"] == f"harc_interp.{schema}" and meta["schema_version"] >= 1, path
+        assert meta["provenance"]["model_fingerprint"] == tiny.fingerprint, path

@@ -26,11 +26,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..artifacts import (
+    check_schema,
     load_tensors,
     now,
     open_tensor_mmap,
     read_json,
     save_tensors,
+    stamp_schema,
     versions,
     write_json,
     write_tensor_stream,
@@ -45,6 +47,8 @@ from .forward import StopForward, forward_batch
 log = logging.getLogger(__name__)
 
 POSITIONS = ("t_inst", "t_post", "post_instruction", "response_mean")
+# activations.json: 2 records the run key and the compute and storage dtypes (1: neither, still read).
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Activations:
         """Open a cache; `resid` is memory-mapped (read-only), so opening costs no memory."""
         out_dir = Path(out_dir)
         meta = read_json(out_dir / "activations.json")
+        check_schema(meta, "activations", SCHEMA_VERSION, out_dir / "activations.json", "harc cache")
         resid = open_tensor_mmap(out_dir / "activations.safetensors", "resid")
         expected = (len(meta["prompt_ids"]), len(meta["layers"]), len(meta["positions"]), meta["d_model"])
         if tuple(resid.shape) != expected:
@@ -349,7 +354,9 @@ def _assemble(out_dir: Path, shards: list[list[int]], shape, meta: dict) -> None
             yield slices[k][row : row + 1]
 
     write_tensor_stream(out_dir / "activations.safetensors", "resid", shape, torch.float32, rows())
-    write_json(out_dir / "activations.json", meta | {"created": now()})
+    write_json(
+        out_dir / "activations.json", stamp_schema(meta | {"created": now()}, "activations", SCHEMA_VERSION)
+    )
 
 
 def _as_prompts(texts: Sequence[str]):

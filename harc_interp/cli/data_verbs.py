@@ -119,7 +119,7 @@ def cmd_cache(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
-    from ..artifacts import provenance, write_json, write_jsonl
+    from ..artifacts import provenance, stamp_schema, write_json, write_jsonl
     from ..capture.generate import generate
 
     ps = load_prompt_files(args.prompts, args.label, args.limit)
@@ -148,5 +148,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     ]
     write_jsonl(out / "generations.jsonl", rows)
     meta = {"model": model.name, "max_new_tokens": args.max_new_tokens, "n": len(gens)}
-    write_json(out / "generations.json", meta | {"provenance": provenance(model)})
+    write_json(
+        out / "generations.json", stamp_schema(meta | {"provenance": provenance(model)}, "generations", 1)
+    )
     return {"out": str(out / "generations.jsonl"), "n": len(gens)}

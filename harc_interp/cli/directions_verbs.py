@@ -173,7 +173,7 @@ def cmd_directions(args: argparse.Namespace) -> dict:
 def cmd_score(args: argparse.Namespace) -> dict:
     from pathlib import Path
 
-    from ..artifacts import provenance, write_json, write_jsonl
+    from ..artifacts import provenance, stamp_schema, write_json, write_jsonl
     from ..directions.score import score_prompts
 
     ps = load_prompt_files(args.prompts, None, args.limit)
@@ -204,7 +204,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
     auroc = scores.auroc()
     summary = {"position": scores.position, "layers": list(scores.layers), "n": len(rows), "auroc": auroc}
     summary["provenance"] = provenance(model, directions=str(args.directions))
-    write_json(out / "scores.json", summary)
+    write_json(out / "scores.json", stamp_schema(summary, "scores", 1))
     best = None
     if auroc:
         j = max(range(len(scores.layers)), key=lambda k: auroc["probe"][k])

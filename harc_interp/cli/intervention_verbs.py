@@ -226,7 +226,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from ..artifacts import write_json
+    from ..artifacts import stamp_schema, write_json
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.safety import evaluate_safety
     from ..model.edits import Variant, addition_hooks
@@ -264,7 +264,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         result["intervention"] = str(args.intervention)
     else:
         result = evaluate_safety(model, tuned=Variant(), attack_slot=args.attack_slot, **kwargs)
-    write_json(Path(args.out) / "eval.json", result)
+    write_json(Path(args.out) / "eval.json", stamp_schema(result, "eval", 1))
     return {
         "out": str(Path(args.out) / "eval.json"),
         "mean_asr": result["mean_asr"],
@@ -277,7 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
-    from ..artifacts import write_json
+    from ..artifacts import stamp_schema, write_json
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.verify import confinement_report
 
@@ -301,7 +301,7 @@ def cmd_verify(args: argparse.Namespace) -> dict:
             progress=not args.quiet,
             **dataclasses.asdict(config),
         )
-    write_json(Path(args.out) / "verify.json", report)
+    write_json(Path(args.out) / "verify.json", stamp_schema(report, "verify", 2))
     return {
         "out": str(Path(args.out) / "verify.json"),
         "intervened_slots": list(info.edited_slots),

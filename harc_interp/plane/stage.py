@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifacts import now, provenance, versions, write_json, write_jsonl
+from ..artifacts import now, provenance, stamp_schema, versions, write_json, write_jsonl
 from ..capture.activations import CacheConfig, cache_residuals
 from ..capture.generate import generate
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -187,7 +187,7 @@ def write_plane_run(
         "slots_in_figure": sorted(result.coords),
         "skipped_slots": {str(s): why for s, why in result.skipped.items()},
     }
-    write_json(out / "geometry.json", geometry)
+    write_json(out / "geometry.json", stamp_schema(geometry, "plane_geometry", 1))
     return {"coords": str(out / "coords.jsonl"), "geometry": str(out / "geometry.json")}
 
 

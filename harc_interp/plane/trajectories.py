@@ -31,7 +31,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..artifacts import now, provenance, versions, write_json, write_jsonl
+from ..artifacts import now, provenance, stamp_schema, versions, write_json, write_jsonl
 from ..capture.forward import teacher_forced_residuals
 from ..capture.generate import generate
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -254,7 +254,7 @@ def run_trajectories(
         out = Path(out_dir)
         write_jsonl(out / "trajectories.jsonl", rows)
         write_jsonl(out / "generations.jsonl", generation_rows(gens, groups, complied))
-        write_json(out / "summary.json", summary)
+        write_json(out / "summary.json", stamp_schema(summary, "trajectories", 1))
     return result
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..artifacts import now, provenance, versions, write_json
+from ..artifacts import now, provenance, stamp_schema, versions, write_json
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..data.prompts import PromptSet, starter_prompts
 from ..directions.artifact import Directions
@@ -73,7 +73,7 @@ def run_main(
     write_plane_figures(plane, out_dir / "plane", d)
     timings["plane"] = time.perf_counter() - t
     summary = main_summary(m, d, plane, out_dir, timings)
-    write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", stamp_schema(summary, "main_summary", 1))
     geometry = plane.geometry["oblique"].to_dict()
     write_report(out_dir, summary, [directions_section(out_dir, d), plane_section(out_dir, geometry)])
     return summary
