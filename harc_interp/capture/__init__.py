@@ -14,7 +14,16 @@ from .forward import (
     teacher_forced_residuals,
 )
 from .generate import Generation, generate, generate_chats, generate_texts, judged_generations
-from .judges import DEFAULT_JUDGE, REFUSAL_PHRASES, Judge, PhraseJudge, find_refusal_tokens, refusal_rate
+from .judges import (
+    DEFAULT_JUDGE,
+    REFUSAL_PHRASES,
+    Judge,
+    PhraseJudge,
+    Verdict,
+    find_refusal_tokens,
+    refusal_rate,
+)
+from .model_judge import ModelJudge
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -24,8 +33,10 @@ __all__ = [
     "ForcedResiduals",
     "Generation",
     "Judge",
+    "ModelJudge",
     "PhraseJudge",
     "StopForward",
+    "Verdict",
     "cache_residuals",
     "find_refusal_tokens",
     "forward_batch",

@@ -83,7 +83,8 @@ class _Judged:
             )
         flags = [self.judge(t) for t in texts]
         self.responses[key] = [
-            {"id": p.id, "response": t, "refusal": f} for p, t, f in zip(prompts, texts, flags, strict=True)
+            {"id": p.id, "prompt": p.prompt, "response": t, "refusal": f}
+            for p, t, f in zip(prompts, texts, flags, strict=True)
         ]
         return flags
 
