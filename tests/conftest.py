@@ -3,12 +3,11 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite never touches the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from tiny import build_tiny_model_dir  # noqa: E402
+from tiny import build_tiny_model_dir, prompt_directions  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,19 +33,10 @@ def real():
 @pytest.fixture(scope="session")
 def tiny_directions(tiny):
     """Directions for the tiny model from the starter prompts (selected layer 2), with response directions."""
-    from harc_interp import CacheConfig, cache_residuals, starter_prompts
-    from harc_interp.directions import add_response_directions, directions_from_activations
+    from harc_interp import CacheConfig, cache_residuals
+    from harc_interp.directions import add_response_directions
 
-    harmful = starter_prompts("harmful").sample(16, seed=0)
-    harmless = starter_prompts("harmless").sample(16, seed=0)
-    acts = cache_residuals(
-        tiny,
-        harmful + harmless,
-        config=CacheConfig(positions=("t_inst", "t_post", "post_instruction")),
-        progress=False,
-    )
-    mask = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
-    d = directions_from_activations(acts, mask, ~mask)
+    d, harmful, harmless = prompt_directions(tiny, 16)
     resp_cfg = CacheConfig(positions=("response_mean",), n_response=4)
     caches = [
         cache_residuals(tiny, ps, responses=[r] * len(ps), config=resp_cfg, progress=False)

@@ -318,7 +318,9 @@ def test_read_slots_feed_the_span_reading_map_their_own_plane_coordinates(tiny, 
     assert loaded.read_slots == (1,)
     with tiny.span(roles) as span:
         loaded.hooks(tiny)[0][1](h1, HookSite(read_name, 1, span))
-        torch.testing.assert_close((loaded.hooks(tiny)[1][1](h2, HookSite(edit_name, 2, span)) - h2)[b, t_post], base)
+        torch.testing.assert_close(
+            (loaded.hooks(tiny)[1][1](h2, HookSite(edit_name, 2, span)) - h2)[b, t_post], base
+        )
     assert_generation_acts(tiny, coupling)
 
 
@@ -516,7 +518,9 @@ def _objective_at_init(d, coords, responses=None, bias=None, **config) -> dict:
             coupling.maps[0].w_out.zero_()
             coupling.maps[0].b_out.copy_(bias)
     cfg = SubspaceConfig(**config)
-    objective = fit_slot_objective(coupling.maps[0], d, 2, coords, responses, Margins.of(cfg), cfg.min_separation)
+    objective = fit_slot_objective(
+        coupling.maps[0], d, 2, coords, responses, Margins.of(cfg), cfg.min_separation
+    )
     return objective.summary(coords, responses or {})
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import FAMILIES, build_tiny_model_dir
+from tiny import FAMILIES, build_tiny_model_dir, prompt_directions
 
 from harc_interp import (
     CacheConfig,
@@ -16,12 +16,10 @@ from harc_interp import (
     cache_residuals,
     formatter_for,
     load_model,
-    starter_prompts,
 )
 from harc_interp.capture import generate_chats
 from harc_interp.coupling import lora_targets
 from harc_interp.data.chat import left_pad, pad_token_id
-from harc_interp.directions import directions_from_activations
 from harc_interp.model import HookSite
 
 PROJECTIONS = {
@@ -140,18 +138,7 @@ def test_lora_finds_the_family_projections(family):
 
 def test_coupling_is_the_identity_at_init_and_confined_on_every_family(family):
     name, model = family
-    harmful, harmless = (
-        starter_prompts("harmful").sample(8, seed=0),
-        starter_prompts("harmless").sample(8, seed=0),
-    )
-    acts = cache_residuals(
-        model,
-        harmful + harmless,
-        config=CacheConfig(positions=("t_inst", "t_post", "post_instruction")),
-        progress=False,
-    )
-    mask = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
-    d = directions_from_activations(acts, mask, ~mask)
+    d, _, _ = prompt_directions(model, 8)
     coupling = CouplingIntervention.from_directions(d, (2,), torch.zeros(1, 2), torch.ones(1, 2))
     _, batch = batch_of(model)
     kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask)

@@ -132,7 +132,9 @@ def test_judged_generations_are_cached_and_refused_for_other_prompts(tiny, tmp_p
 
     from harc_interp import HarcError, Prompt, PromptSet
 
-    gen_mod = importlib.import_module("harc_interp.capture.generate")  # the package's `generate` is the function
+    gen_mod = importlib.import_module(
+        "harc_interp.capture.generate"
+    )  # the package's `generate` is the function
 
     ps = PromptSet("p", tuple(Prompt(f"id{i}", t) for i, t in enumerate(PROMPTS)))
     path = tmp_path / "gens.json"

@@ -118,3 +118,20 @@ def build_tiny_model_dir(path: Path, family: str = "qwen2.5", seed: int = 0) -> 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def prompt_directions(model, n: int = 16):
+    """v_harm, v_ref and the position grid of `model` from `n` harmful and `n` harmless starter prompts."""
+    import torch
+
+    from harc_interp import CacheConfig, cache_residuals, starter_prompts
+    from harc_interp.directions import directions_from_activations
+
+    harmful, harmless = (
+        starter_prompts("harmful").sample(n, seed=0),
+        starter_prompts("harmless").sample(n, seed=0),
+    )
+    config = CacheConfig(positions=("t_inst", "t_post", "post_instruction"))
+    acts = cache_residuals(model, harmful + harmless, config=config, progress=False)
+    mask = torch.tensor([lab == "harmful" for lab in acts.meta["labels"]])
+    return directions_from_activations(acts, mask, ~mask), harmful, harmless

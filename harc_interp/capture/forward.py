@@ -123,33 +123,10 @@ def teacher_forced_residuals(
     hooks: Sequence[tuple[str, HookFn]] = (),
     batch_size: int = 16,
 ) -> ForcedResiduals:
-    """One left-padded forward per batch (sorted by length) with a capture hook at `slot` after
-    `hooks` (an intervention or an attack); the pass stops at the slot. `chats` carry their responses
-    as `response_ids`."""
-    if not chats:
-        raise HarcError("no prompts to read")
-    name = resid_hook_name(slot, model.n_layers)
-    pad = pad_token_id(model.tokenizer)
-    prompt_side = torch.empty(len(chats), 2, model.d_model)
-    response: list[Tensor | None] = [None] * len(chats)
-    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch = left_pad([chats[i] for i in chunk], pad, with_response=True)
-
-        def capture(resid: Tensor, site, chunk=chunk, batch=batch) -> None:
-            for b, i in enumerate(chunk):
-                off = int(batch.offset[b])
-                c = chats[i]
-                prompt_side[i, 0] = resid[b, off + c.t_inst].float().cpu()
-                prompt_side[i, 1] = resid[b, off + c.t_post].float().cpu()
-                response[i] = resid[b, off + c.n_prompt : off + len(c.all_ids)].float().cpu()
-            raise StopForward
-
-        forward_batch(model, batch, [*hooks, (name, capture)])
-    if not torch.isfinite(prompt_side).all() or not all(torch.isfinite(r).all() for r in response):
-        raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
-    return ForcedResiduals(slot, prompt_side, tuple(response))  # type: ignore[arg-type]
+    """Residuals at one `slot` of teacher-forced chats (after `hooks`, an intervention or an attack):
+    t_inst and t_post, and every response token. `chats` carry their responses as `response_ids`."""
+    prompt, response = _forced_residuals(model, chats, (slot,), hooks, batch_size)
+    return ForcedResiduals(slot, prompt[:, 0], tuple(r[:, 0] for r in response))
 
 
 def response_residuals(
@@ -160,29 +137,38 @@ def response_residuals(
     hooks: Sequence[tuple[str, HookFn]] = (),
     batch_size: int = 16,
 ) -> Float[Tensor, "token layer d_model"]:
-    """Residuals at `slots` of every response token of teacher-forced chats (after `hooks`), float32 on
-    CPU, the chats' tokens one after another; the pass stops after the deepest slot."""
+    """Residuals at `slots` of every response token of teacher-forced chats (after `hooks`), the chats'
+    tokens one after another."""
+    _, response = _forced_residuals(model, chats, tuple(slots), hooks, batch_size)
+    return torch.cat(response)
+
+
+def _forced_residuals(model: HarcModel, chats, slots: tuple[int, ...], hooks, batch_size: int):
+    """One left-padded forward per batch (sorted by length) with a capture hook at each slot after
+    `hooks`; the pass stops after the deepest slot. Returns the prompt side [prompt, slot, (t_inst,
+    t_post), d_model] and, per chat, its response tokens [token, slot, d_model], float32 on CPU."""
+    if not chats:
+        raise HarcError("no prompts to read")
     pad = pad_token_id(model.tokenizer)
-    names = [resid_hook_name(s, model.n_layers) for s in slots]
-    deepest = max(range(len(slots)), key=lambda i: slots[i])
-    parts = []
-    for start in range(0, len(chats), batch_size):
-        chunk = [c for c in chats[start : start + batch_size] if c.response_ids]
-        if not chunk:
-            continue
-        batch = left_pad(chunk, pad, with_response=True)
-        rows = torch.cat([torch.full((len(c.response_ids),), b) for b, c in enumerate(chunk)])
-        cols = torch.cat([torch.tensor(c.response_positions) + batch.offset[b] for b, c in enumerate(chunk)])
-        seen: dict[int, Tensor] = {}
-        capture = partial(_capture_at, seen=seen, rows=rows, cols=cols, deepest=deepest)
-        forward_batch(model, batch, [*hooks, *((n, partial(capture, i=i)) for i, n in enumerate(names))])
-        parts.append(torch.stack([seen[i] for i in range(len(slots))], 1))
-    if not parts:
-        return torch.empty(0, len(slots), model.d_model)
-    return torch.cat(parts)
+    deepest = max(slots)
+    prompt_side = torch.empty(len(chats), len(slots), 2, model.d_model)
+    response = [torch.empty(len(c.response_ids), len(slots), model.d_model) for c in chats]
+    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = left_pad([chats[i] for i in chunk], pad, with_response=True)
 
+        def capture(resid: Tensor, site, chunk=chunk, batch=batch, j: int = 0) -> None:
+            for b, i in enumerate(chunk):
+                off, c = int(batch.offset[b]), chats[i]
+                prompt_side[i, j, 0] = resid[b, off + c.t_inst].float().cpu()
+                prompt_side[i, j, 1] = resid[b, off + c.t_post].float().cpu()
+                response[i][:, j] = resid[b, off + c.n_prompt : off + len(c.all_ids)].float().cpu()
+            if slots[j] == deepest:
+                raise StopForward
 
-def _capture_at(resid: Tensor, site, *, i: int, seen: dict, rows: Tensor, cols: Tensor, deepest: int) -> None:
-    seen[i] = resid[rows.to(resid.device), cols.to(resid.device)].float().cpu()
-    if i == deepest:
-        raise StopForward
+        captures = [(resid_hook_name(s, model.n_layers), partial(capture, j=j)) for j, s in enumerate(slots)]
+        forward_batch(model, batch, [*hooks, *captures])
+    if not torch.isfinite(prompt_side).all() or not all(torch.isfinite(r).all() for r in response):
+        raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
+    return prompt_side, response

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -75,14 +76,22 @@ class ModelJudge:
         messages = [{"role": "user", "content": body}]
         return self.model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    @cached_property
+    def _template_tokens(self) -> int:
+        """Tokens of the classifier prompt around the request and the response (the same for every pair)."""
+        return len(
+            self.model.tokenizer(self._render(HARMBENCH_RULES.format(behavior="", generation="")))[
+                "input_ids"
+            ]
+        )
+
     def _fit(self, behavior: str, generation: str) -> tuple[str, str]:
         tok = self.model.tokenizer
         b_ids, g_ids = (tok(t, add_special_tokens=False)["input_ids"] for t in (behavior, generation))
         g_ids = g_ids[: self.max_generation_tokens]
         limit = self.model.context_length
         if limit is not None:
-            fixed = len(tok(self._render(HARMBENCH_RULES.format(behavior="", generation="")))["input_ids"])
-            room = max(limit - fixed - 8, 2)
+            room = max(limit - self._template_tokens - 8, 2)
             g_ids = g_ids[: max(room - len(b_ids), room // 2)]
             b_ids = b_ids[: room - len(g_ids)]
         return tok.decode(b_ids), tok.decode(g_ids)

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from ..capture.activations import CacheConfig, cache_residuals
 from ..data.chat import formatter_for
-from ..data.prompts import PromptSet
+from ..data.prompts import SAFE_LABELS, UNSAFE_LABELS, PromptSet
 from ..errors import HarcError
 from ..model.hooked import HarcModel
 from .artifact import Directions
@@ -28,10 +28,9 @@ class PromptScores:
     projection: np.ndarray  # [prompt, layer]
 
     def auroc(self) -> dict[str, list[float]] | None:
-        """Per slot AUROC of each score against the prompts' own labels (harmful vs harmless, safe…),
+        """Per slot AUROC of each score against the prompts' own labels (the safe/unsafe sides of `as_role`),
         or None when the prompts do not carry both kinds of label."""
-        y = [1 if lab in ("harmful", "unsafe") else 0 if lab in ("harmless", "safe", "benign") else None
-             for lab in self.labels]  # fmt: skip
+        y = [1 if lab in UNSAFE_LABELS else 0 if lab in SAFE_LABELS else None for lab in self.labels]
         keep = [i for i, v in enumerate(y) if v is not None]
         ys = np.array([y[i] for i in keep])
         if len(set(ys.tolist())) < 2:

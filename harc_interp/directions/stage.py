@@ -259,8 +259,7 @@ def own_behaviour(
 def _cache(
     model, ps: PromptSet, out: Path, cfg: DirectionsConfig, positions, progress, responses=None
 ) -> Activations:
-    if (out / "activations.json").is_file():
-        return Activations.load(out)
+    """A cache under `work/` (a finished one of the same run is read back by `cache_residuals`)."""
     config = CacheConfig(
         positions=positions,
         n_response=cfg.n_response,
