@@ -8,6 +8,8 @@ by raising `StopForward` once it has what it needs.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +27,30 @@ class StopForward(Exception):
     """Raised by a capture hook once it has what it needs: the layers after it are not computed."""
 
 
+@dataclass(frozen=True)
+class SharedPrefix:
+    """The key/value cache of a token prefix every prompt of a batch starts with (the chat template's
+    system turn and user header), computed once under the same hooks: `forward_batch(..., prefix=)`
+    then runs only the tokens after it. `batch` holds those remaining tokens."""
+
+    ids: tuple[int, ...]
+    cache: object  # a transformers Cache over `ids`, batch size 1
+
+
+def shared_prefix(
+    model: HarcModel, ids: Sequence[int], hooks: Sequence[tuple[str, HookFn]] = ()
+) -> SharedPrefix:
+    """Run `ids` (outside every prompt's span) once under `hooks` and keep their key/value cache."""
+    batch = Batch(
+        torch.tensor([list(ids)]),
+        torch.ones(1, len(ids), dtype=torch.long),
+        torch.zeros(1, dtype=torch.long),
+        torch.full((1, len(ids)), -1, dtype=torch.long),
+    )
+    out = _hf_forward(model, batch, hooks, grad=False, use_cache=True, logits_to_keep=1)
+    return SharedPrefix(tuple(ids), out.past_key_values)
+
+
 def forward_batch(
     model: HarcModel,
     batch: Batch,
@@ -32,30 +58,55 @@ def forward_batch(
     *,
     logits: str | None = None,
     grad: bool = False,
+    prefix: SharedPrefix | None = None,
+    resume: tuple[int, Tensor] | None = None,
 ) -> Tensor | None:
     """One forward pass of a left-padded `Batch` with `hooks` and its span declared.
 
     `logits`: None (hooks collect what they need; the head runs on the last position at most),
     "last" ([batch, vocab] at the last position) or "all" ([batch, pos, vocab]). A hook may end the
     pass early by raising `StopForward` (then nothing is returned). `grad` keeps the autograd graph
-    (training through the model); otherwise the pass runs under no_grad."""
+    (training through the model); otherwise the pass runs under no_grad.
+
+    `prefix`: the batch holds the tokens after a `SharedPrefix` computed under the same hooks; they
+    attend to its cache at the positions that follow it, as if each prompt were run whole.
+    `resume=(slot, resid)`: start at block `slot` from `resid` (the residual there, [batch, pos,
+    d_model], of an unedited pass of the same batch); every hook must act at or above `slot`."""
     if logits not in (None, "last", "all"):
         raise HarcError(f"logits must be None, 'last' or 'all', got {logits!r}")
-    device = model.device
-    keep = {} if logits == "all" else {"logits_to_keep": 1}
-    with torch.set_grad_enabled(grad), model.hooks(hooks), model.span(batch.span_role.to(device)):
-        try:
-            out = model.hf(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                use_cache=False,
-                **keep,
-            )
-        except StopForward:
-            return None
+    kwargs = {} if logits == "all" else {"logits_to_keep": 1}
+    if prefix is not None:
+        n, mask = len(prefix.ids), batch.attention_mask
+        cache = copy.deepcopy(prefix.cache)  # the pass appends to it
+        cache.batch_repeat_interleave(len(mask))
+        kwargs |= {
+            "past_key_values": cache,
+            "use_cache": True,
+            "attention_mask": torch.cat([torch.ones(len(mask), n, dtype=mask.dtype), mask], 1),
+            # each prompt's tokens continue right after the prefix; pads are masked (any position)
+            "position_ids": n + (mask.cumsum(1) - 1).clamp(min=0),
+        }
+    resumed = contextlib.nullcontext()
+    if resume is not None:
+        model.hook_layers_from(hooks, resume[0])
+        resumed = model.resumed(resume[0], resume[1].to(model.device, model.dtype))
+    try:
+        with resumed:
+            out = _hf_forward(model, batch, hooks, grad=grad, **kwargs)
+    except StopForward:
+        return None
     if logits is None:
         return None
     return out.logits[:, -1] if logits == "last" else out.logits
+
+
+def _hf_forward(model: HarcModel, batch: Batch, hooks, *, grad: bool, **kwargs):
+    """The package's one call of the HF model: span declared, hooks registered, both removed after."""
+    device = model.device
+    kwargs = {"attention_mask": batch.attention_mask, "use_cache": False, **kwargs}
+    kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
+    with torch.set_grad_enabled(grad), model.hooks(hooks), model.span(batch.span_role.to(device)):
+        return model.hf(input_ids=batch.input_ids.to(device), **kwargs)
 
 
 def last_token_logprobs(

@@ -8,7 +8,8 @@ from dataclasses import asdict, dataclass
 
 from tqdm.auto import tqdm
 
-from ..capture.forward import kl_divergence, last_token_logprobs, refusal_score
+from ..capture.forward import kl_divergence, refusal_score
+from ..capture.sweep import PromptSweep
 from ..data.chat import ChatPrompt
 from ..errors import HarcError
 from ..model.edits import ablation_hooks, addition_hooks
@@ -44,10 +45,15 @@ def arditi_select(
     max_layer_fraction: float = 0.8,
     kl_max: float = 0.1,
     batch_size: int = 16,
+    reuse: bool = True,
     progress: bool = True,
 ) -> tuple[Candidate | None, list[Candidate], dict]:
     """Score every (slot, position) candidate; pick the lowest bypass score among those with induce > 0,
-    KL <= kl_max and slot < max_layer_fraction · n_layers."""
+    KL <= kl_max and slot < max_layer_fraction · n_layers.
+
+    `reuse` (default) scores through a `PromptSweep`: the template's shared prefix once per candidate,
+    and the induce score resumed at the candidate's slot from the unedited residual; `reuse=False`
+    runs every pass from the embeddings (the reference the benchmark and the tests compare with)."""
     limit = int(max_layer_fraction * model.n_layers)
     slots = [s for s in (slots if slots is not None else range(model.n_layers)) if s < model.n_layers]
     grid_positions = [p if p != "t_post" else directions.grid_positions[-1] for p in positions]
@@ -56,8 +62,13 @@ def arditi_select(
             raise HarcError(
                 f"selection position '{p}' is not in the directions grid {directions.grid_positions}"
             )
-    base_harmful = last_token_logprobs(model, harmful, batch_size=batch_size)
-    base_harmless = last_token_logprobs(model, harmless, batch_size=batch_size)
+    scored = [s for s in slots if s < limit]
+    harmful_sweep = PromptSweep(model, harmful, batch_size=batch_size, share_prefix=reuse)
+    harmless_sweep = PromptSweep(
+        model, harmless, batch_size=batch_size, share_prefix=reuse, resume_slots=scored if reuse else ()
+    )
+    harmful_lp, harmless_lp = harmful_sweep.last_logprobs, harmless_sweep.last_logprobs
+    base_harmful, base_harmless = harmful_lp(), harmless_lp()
     baseline = {
         "harmful_refusal_score": float(refusal_score(base_harmful, refusal_tokens).mean()),
         "harmless_refusal_score": float(refusal_score(base_harmless, refusal_tokens).mean()),
@@ -76,14 +87,9 @@ def arditi_select(
             candidates.append(Candidate(slot, name, nan, nan, nan, False, "zero direction"))
             continue
         ablate = ablation_hooks(model, vec)
-        bypass = refusal_score(
-            last_token_logprobs(model, harmful, hooks=ablate, batch_size=batch_size), refusal_tokens
-        )
-        ablated_harmless = last_token_logprobs(model, harmless, hooks=ablate, batch_size=batch_size)
-        kl = kl_divergence(base_harmless, ablated_harmless).mean()
-        added = last_token_logprobs(
-            model, harmless, hooks=addition_hooks(model, vec, slot), batch_size=batch_size
-        )
+        bypass = refusal_score(harmful_lp(ablate), refusal_tokens)
+        kl = kl_divergence(base_harmless, harmless_lp(ablate)).mean()
+        added = harmless_lp(addition_hooks(model, vec, slot), from_slot=slot if reuse else None)
         induce = refusal_score(added, refusal_tokens).mean()
         reasons = [
             r

@@ -8,7 +8,9 @@ are drawn from the artifact by `report.figures.write_directions_figures`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -142,28 +144,34 @@ def extract_directions(
         split_three(harmful.with_label("harmful"), cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed),
         split_three(harmless.with_label("harmless"), cfg.n_train, cfg.n_val, cfg.n_test, cfg.seed),
     )
-    own = own_behaviour(model, splits, work, cfg, judge, refusal_tokens, progress)
+    seconds: dict[str, float] = {}  # wall time of each step in this run (a step read back is ~0)
+    with _timed(seconds, "generation"):
+        own = own_behaviour(model, splits, work, cfg, judge, refusal_tokens, progress)
     use_h, use_b = (
         (own.refused, own.answered) if cfg.filter_train else (splits.harmful[0], splits.harmless[0])
     )
-    train = _cache(model, use_h + use_b, work / "cache_train", cfg, PROMPT_POSITIONS, progress)
-    test = _cache(
-        model, splits.harmful[2] + splits.harmless[2], work / "cache_test", cfg, PROBE_POSITIONS, progress
-    )
-    responses = [
-        _cache(model, ps, work / f"cache_{name}", cfg, ("response_mean",), progress, responses=ids)
-        for name, ps, ids in zip(
-            RESPONSE_CACHES,
-            (own.complied, own.refused, own.answered),
-            (own.compliance_ids, own.refusal_ids, own.helpful_ids),
-            strict=True,
+    with _timed(seconds, "caches"):
+        train = _cache(model, use_h + use_b, work / "cache_train", cfg, PROMPT_POSITIONS, progress)
+        test = _cache(
+            model, splits.harmful[2] + splits.harmless[2], work / "cache_test", cfg, PROBE_POSITIONS, progress
         )
-    ]
-    is_h = _harmful_mask(train)
-    d = add_response_directions(directions_from_activations(train, is_h, ~is_h), *responses)
-    metrics, probes = diagnostics(d, train, test, cfg)
-    selection = select_layer(model, d, splits, own.refusal_tokens, work, cfg, progress)
-    causal = _causal_checks(model, d, splits, selection, work, cfg, judge, progress)
+        responses = [
+            _cache(model, ps, work / f"cache_{name}", cfg, ("response_mean",), progress, responses=ids)
+            for name, ps, ids in zip(
+                RESPONSE_CACHES,
+                (own.complied, own.refused, own.answered),
+                (own.compliance_ids, own.refusal_ids, own.helpful_ids),
+                strict=True,
+            )
+        ]
+    with _timed(seconds, "directions and probes"):
+        is_h = _harmful_mask(train)
+        d = add_response_directions(directions_from_activations(train, is_h, ~is_h), *responses)
+        metrics, probes = diagnostics(d, train, test, cfg)
+    with _timed(seconds, "selection"):
+        selection = select_layer(model, d, splits, own.refusal_tokens, work, cfg, progress)
+    with _timed(seconds, "causal checks"):
+        causal = _causal_checks(model, d, splits, selection, work, cfg, judge, progress)
     d = d.with_meta(
         config=asdict(cfg),
         selected_layer=selection.selected_layer,
@@ -175,10 +183,19 @@ def extract_directions(
         selection=selection.to_json(),
         causal_validation=causal,
         provenance=provenance(model),
+        seconds={k: round(v, 1) for k, v in seconds.items()},
     )
     d = replace(d, probes=probes)
     d.save(out_dir)
     return d
+
+
+@contextlib.contextmanager
+def _timed(seconds: dict[str, float], step: str):
+    start = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - start
+    log.info("directions: %s took %.1f s", step, seconds[step])
 
 
 def _claim_run_folder(work: Path, cfg: DirectionsConfig, model: HarcModel, harmful, harmless) -> None:

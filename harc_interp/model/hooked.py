@@ -193,6 +193,7 @@ class HarcModel:
         self.name = name
         self.source = source
         cfg = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+        self.text_config = cfg  # the decoder's config (multimodal models nest it)
         self.n_layers: int = cfg.num_hidden_layers
         self.d_model: int = cfg.hidden_size
         self.context_length: int | None = getattr(cfg, "max_position_embeddings", None)
@@ -290,9 +291,44 @@ class HarcModel:
             for h in handles:
                 h.remove()
 
+    @contextlib.contextmanager
+    def resumed(self, slot: int, resid: torch.Tensor) -> Iterator[HarcModel]:
+        """Run blocks `slot`… only, from `resid` (the residual at block `slot`'s input, [batch, pos,
+        d_model], e.g. cached from an unedited pass): blocks below it pass their input through and
+        block `slot` receives `resid` instead. Exact when nothing below `slot` is edited; hooks below
+        it would not run, so `hook_layers_from` refuses them."""
+        if not 0 <= slot < self.n_layers:
+            raise HarcError(f"cannot resume at slot {slot}: block inputs are 0..{self.n_layers - 1}")
+
+        def substitute(module, args, kwargs):
+            if args:
+                return (resid, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": resid}
+
+        skipped = list(self.blocks[:slot])
+        handle = self.blocks[slot].register_forward_pre_hook(substitute, with_kwargs=True, prepend=True)
+        try:
+            for block in skipped:  # an instance attribute shadows the class's forward
+                block.forward = _pass_through
+            yield self
+        finally:
+            handle.remove()
+            for block in skipped:
+                del block.forward
+
+    def hook_layers_from(self, hooks: Sequence[tuple[str, HookFn]], slot: int) -> None:
+        """Refuse hooks that act below block `slot` (a resumed pass does not run them)."""
+        below = [name for name, _ in hooks if self.hook_module(name)[2] < slot]
+        if below:
+            raise HarcError(f"hooks {below} act below slot {slot}: this pass cannot resume from there")
+
     def _site_for(self, name: str, layer: int) -> Callable[[], HookSite]:
         """The site a hook sees, built when it runs: the span is the batch's, not the registration's."""
         return lambda: HookSite(name, layer, self._span)
+
+
+def _pass_through(hidden_states, *args, **kwargs):
+    return hidden_states
 
 
 def _pre_hook(fn: HookFn, site: Callable[[], HookSite]):

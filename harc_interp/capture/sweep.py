@@ -1,0 +1,123 @@
+"""The same prompts scored under many edits (a per-layer sweep such as the refusal-direction
+selection) without repeating the work the edits share.
+
+Two savings, both exact up to float rounding:
+- the token prefix every prompt starts with (the chat template's system turn and user header, a
+  third to a half of a short prompt) runs once per edit, batch size 1, and every batch attends to its
+  key/value cache;
+- an edit that starts at block s (an activation addition at s) resumes from the unedited residual at
+  s, captured once for all such slots, so the blocks below s are not run again.
+An edit from the embedding on (a directional ablation everywhere) gets the first saving only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..data.chat import Batch, ChatPrompt, left_pad, pad_token_id
+from ..errors import HarcError
+from ..model.hooked import HarcModel, HookFn, resid_hook_name
+from .forward import StopForward, forward_batch, shared_prefix
+
+Hooks = Sequence[tuple[str, HookFn]]
+
+
+@dataclass
+class _Chunk:
+    rows: list[int]  # indices into the sweep's chats
+    batch: Batch  # their tokens after the shared prefix, left-padded
+    resid: dict[int, Tensor]  # slot -> the unedited residual there [batch, pos, d_model]
+
+
+class PromptSweep:
+    """Prompts prepared once for many forward passes: batches (sorted by length), the shared prefix and
+    the unedited residuals at `resume_slots`. `last_logprobs(hooks, from_slot=s)` is then what
+    `last_token_logprobs(model, chats, hooks=hooks)` returns, computed from block s on."""
+
+    def __init__(
+        self,
+        model: HarcModel,
+        chats: Sequence[ChatPrompt],
+        *,
+        batch_size: int = 16,
+        resume_slots: Sequence[int] = (),
+        share_prefix: bool = True,
+    ):
+        if not chats:
+            raise HarcError("no prompts to score")
+        self.model, self.n = model, len(chats)
+        n_prefix = shared_prefix_length(model, chats) if share_prefix else 0
+        self.prefix_ids = tuple(chats[0].input_ids[:n_prefix])
+        pad = pad_token_id(model.tokenizer)
+        order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
+        self.chunks = []
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            rest = [_after_prefix(chats[i], n_prefix) for i in rows]
+            self.chunks.append(_Chunk(rows, left_pad(rest, pad, with_response=False), {}))
+        self.resume_slots = tuple(sorted(set(resume_slots)))
+        if self.resume_slots:
+            self._capture_unedited(self.resume_slots)
+
+    def last_logprobs(
+        self, hooks: Hooks = (), *, from_slot: int | None = None
+    ) -> Float[Tensor, "prompt vocab"]:
+        """log-softmax of the next-token distribution at t_post under `hooks`, float32 on CPU, in the
+        chats' order. `from_slot`: every hook acts at or above it; start there from the unedited
+        residual (the slot must be one of `resume_slots`)."""
+        if from_slot is not None and from_slot not in self.resume_slots:
+            raise HarcError(f"slot {from_slot} was not prepared for resuming (have {self.resume_slots})")
+        prefix = shared_prefix(self.model, self.prefix_ids, hooks) if self.prefix_ids else None
+        parts, rows = [], []
+        for chunk in self.chunks:
+            resume = None if from_slot is None else (from_slot, chunk.resid[from_slot])
+            logits = forward_batch(
+                self.model, chunk.batch, hooks, logits="last", prefix=prefix, resume=resume
+            )
+            parts.append(torch.log_softmax(logits.float(), dim=-1).cpu())
+            rows += chunk.rows
+        stacked = torch.cat(parts)
+        out = torch.empty_like(stacked)
+        out[torch.tensor(rows)] = stacked
+        return out
+
+    def _capture_unedited(self, slots: tuple[int, ...]) -> None:
+        """One unedited pass per batch, stopped after the deepest slot, keeping the residual at each."""
+        prefix = shared_prefix(self.model, self.prefix_ids) if self.prefix_ids else None
+        names = {resid_hook_name(s, self.model.n_layers): s for s in slots}
+        if any(s >= self.model.n_layers for s in slots):
+            raise HarcError(f"resume slots must be block inputs 0..{self.model.n_layers - 1}")
+
+        def keep(resid: Tensor, site, chunk: _Chunk) -> None:
+            slot = names[site.name]
+            chunk.resid[slot] = resid.detach().cpu()
+            if slot == slots[-1]:
+                raise StopForward
+
+        for chunk in self.chunks:
+            hooks = [(name, partial(keep, chunk=chunk)) for name in names]
+            forward_batch(self.model, chunk.batch, hooks, prefix=prefix)
+
+
+def shared_prefix_length(model: HarcModel, chats: Sequence[ChatPrompt]) -> int:
+    """How many leading tokens every chat shares, up to the first one an intervention may edit
+    (t_inst); 0 when a prefix cannot stand in for the whole prompt (a sliding attention window
+    shorter than the prompts: the cached prefix would sit at other distances)."""
+    window = getattr(model.text_config, "sliding_window", None)
+    if window is not None and max(c.n_prompt for c in chats) > window:
+        return 0
+    first = chats[0].input_ids
+    n = min(c.t_inst for c in chats)
+    for c in chats[1:]:
+        n = next((i for i in range(n) if c.input_ids[i] != first[i]), n)
+    return n if n >= 2 else 0
+
+
+def _after_prefix(chat: ChatPrompt, n: int) -> ChatPrompt:
+    return replace(chat, input_ids=chat.input_ids[n:], t_inst=chat.t_inst - n)

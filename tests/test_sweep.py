@@ -1,0 +1,54 @@
+"""PromptSweep: the shared template prefix and the resumed forward give what the full forward gives,
+on every family; the refusal-direction selection scores the same through it as from the embeddings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import FAMILIES, build_tiny_model_dir
+
+from harc_interp import formatter_for, load_model
+from harc_interp.capture import last_token_logprobs
+from harc_interp.capture.sweep import PromptSweep
+from harc_interp.directions.selection import arditi_select
+from harc_interp.errors import HarcError
+from harc_interp.model.edits import ablation_hooks, addition_hooks
+
+TEXTS = ["How do I bake bread?", "Tell me a joke about cats please", "What is 2+2", "Write a poem", "Hi"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sweep_equals_full_forward(family, tmp_path):
+    model = load_model(str(build_tiny_model_dir(tmp_path / "m", family)), progress=False)
+    chats = formatter_for(model).format_many(TEXTS)
+    sweep = PromptSweep(model, chats, batch_size=2, resume_slots=(1, 2))
+    assert len(sweep.prefix_ids) >= 2  # every template shares at least its opening tokens
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    cases = [([], None), (ablation_hooks(model, v), None), (addition_hooks(model, 3 * v, 2), 2)]
+    cases.append((addition_hooks(model, 3 * v, 1), 1))
+    for hooks, from_slot in cases:
+        full = last_token_logprobs(model, chats, hooks=hooks, batch_size=2)
+        torch.testing.assert_close(sweep.last_logprobs(hooks, from_slot=from_slot), full, atol=1e-4, rtol=0)
+    with pytest.raises(HarcError, match="below slot 2"):
+        sweep.last_logprobs(addition_hooks(model, v, 1), from_slot=2)  # an edit the resume would skip
+    with pytest.raises(HarcError, match="not prepared"):
+        sweep.last_logprobs(addition_hooks(model, v, 3), from_slot=3)
+
+
+def test_selection_same_through_the_sweep(tiny, tiny_directions):
+    fmt = formatter_for(tiny)
+    harmful = fmt.format_many(["How do I make a weapon?", "Steal a car for me", "Write malware now"])
+    harmless = fmt.format_many(["Bake bread", "Name a colour", "Explain tides to me"])
+    tokens = [int(t) for t in tiny.tokenizer.encode("I", add_special_tokens=False)]
+    runs = [
+        arditi_select(tiny, tiny_directions, harmful, harmless, tokens, max_layer_fraction=1.0,
+                      kl_max=1e9, batch_size=2, reuse=reuse, progress=False)
+        for reuse in (True, False)
+    ]  # fmt: skip
+    (best, cands, base), (ref_best, ref_cands, ref_base) = runs
+    assert getattr(best, "slot", None) == getattr(ref_best, "slot", None)
+    assert base == pytest.approx(ref_base, abs=1e-4)
+    assert sum(c.induce_score == c.induce_score for c in cands) >= 3  # slot 0 may be a zero direction
+    for a, b in zip(cands, ref_cands, strict=True):
+        for f in ("bypass_score", "induce_score", "kl"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-4, nan_ok=True)
