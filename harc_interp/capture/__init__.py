@@ -7,7 +7,6 @@ from .forward import (
     StopForward,
     forward_batch,
     kl_divergence,
-    last_token_logprobs,
     refusal_score,
     response_logprobs,
     response_residuals,
@@ -24,6 +23,7 @@ from .judges import (
     refusal_rate,
 )
 from .model_judge import ModelJudge
+from .sweep import PromptSweep, last_token_logprobs
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -46,6 +46,7 @@ __all__ = [
     "judged_generations",
     "kl_divergence",
     "last_token_logprobs",
+    "PromptSweep",
     "refusal_rate",
     "refusal_score",
     "residuals_for_batch",

@@ -1,5 +1,6 @@
-"""The one forward pass under a declared span, and the read-outs built on it: next-token
-log-probabilities at t_post, teacher-forced response log-probabilities, and teacher-forced residuals.
+"""The one forward pass under a declared span (optionally after a shared prefix's cache, or resumed at
+a block), and the read-outs built on it: teacher-forced response log-probabilities and residuals, the
+refusal score and KL. Next-token log-probabilities at t_post are in `sweep.py`.
 
 Every forward pass of the package goes through `forward_batch`, so the span an intervention may edit
 is always declared (`model.span`), hooks are always removed, and a capture hook can end the pass early
@@ -30,8 +31,8 @@ class StopForward(Exception):
 @dataclass(frozen=True)
 class SharedPrefix:
     """The key/value cache of a token prefix every prompt of a batch starts with (the chat template's
-    system turn and user header), computed once under the same hooks: `forward_batch(..., prefix=)`
-    then runs only the tokens after it. `batch` holds those remaining tokens."""
+    system turn and user header), computed once under the same hooks: `forward_batch(batch, prefix=)`
+    then runs only the tokens after it, which is what `batch` holds."""
 
     ids: tuple[int, ...]
     cache: object  # a transformers Cache over `ids`, batch size 1
@@ -107,27 +108,6 @@ def _hf_forward(model: HarcModel, batch: Batch, hooks, *, grad: bool, **kwargs):
     kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
     with torch.set_grad_enabled(grad), model.hooks(hooks), model.span(batch.span_role.to(device)):
         return model.hf(input_ids=batch.input_ids.to(device), **kwargs)
-
-
-def last_token_logprobs(
-    model: HarcModel,
-    chats: Sequence[ChatPrompt],
-    *,
-    hooks: Sequence[tuple[str, HookFn]] = (),
-    batch_size: int = 16,
-) -> Float[Tensor, "prompt vocab"]:
-    """log-softmax of the next-token distribution at the last prompt token (t_post), float32 on CPU."""
-    out = []
-    order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
-    pad = pad_token_id(model.tokenizer)
-    for start in range(0, len(order), batch_size):
-        batch = left_pad([chats[i] for i in order[start : start + batch_size]], pad, with_response=False)
-        logits = forward_batch(model, batch, hooks, logits="last")
-        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-    stacked = torch.cat(out)
-    result = torch.empty_like(stacked)
-    result[torch.tensor(order)] = stacked
-    return result
 
 
 def response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch: Batch) -> list[Tensor]:

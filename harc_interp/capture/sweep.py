@@ -90,9 +90,9 @@ class PromptSweep:
     def _capture_unedited(self, slots: tuple[int, ...]) -> None:
         """One unedited pass per batch, stopped after the deepest slot, keeping the residual at each."""
         prefix = shared_prefix(self.model, self.prefix_ids) if self.prefix_ids else None
-        names = {resid_hook_name(s, self.model.n_layers): s for s in slots}
         if any(s >= self.model.n_layers for s in slots):
             raise HarcError(f"resume slots must be block inputs 0..{self.model.n_layers - 1}")
+        names = {resid_hook_name(s, self.model.n_layers): s for s in slots}
 
         def keep(resid: Tensor, site, chunk: _Chunk) -> None:
             slot = names[site.name]
@@ -103,6 +103,14 @@ class PromptSweep:
         for chunk in self.chunks:
             hooks = [(name, partial(keep, chunk=chunk)) for name in names]
             forward_batch(self.model, chunk.batch, hooks, prefix=prefix)
+
+
+def last_token_logprobs(
+    model: HarcModel, chats: Sequence[ChatPrompt], *, hooks: Hooks = (), batch_size: int = 16
+) -> Float[Tensor, "prompt vocab"]:
+    """log-softmax of the next-token distribution at the last prompt token (t_post), float32 on CPU,
+    every pass run whole from the embeddings (a `PromptSweep` that shares nothing)."""
+    return PromptSweep(model, chats, batch_size=batch_size, share_prefix=False).last_logprobs(hooks)
 
 
 def shared_prefix_length(model: HarcModel, chats: Sequence[ChatPrompt]) -> int:

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import provenance, write_json
-from ..capture.forward import forward_batch, kl_divergence, last_token_logprobs, response_logprobs
+from ..capture.forward import forward_batch, kl_divergence, response_logprobs
 from ..capture.generate import generate_chats, generate_texts
 from ..capture.judges import DEFAULT_JUDGE, Judge
+from ..capture.sweep import last_token_logprobs
 from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError

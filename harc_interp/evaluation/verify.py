@@ -18,8 +18,9 @@ import torch
 
 from ..artifacts import provenance
 from ..capture.activations import CacheConfig, cache_residuals
-from ..capture.forward import kl_divergence, last_token_logprobs, response_residuals
+from ..capture.forward import kl_divergence, response_residuals
 from ..capture.generate import generate_chats
+from ..capture.sweep import last_token_logprobs
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
