@@ -64,8 +64,8 @@ def test_hooks_leave_logits_exact_and_the_cache_equals_hf_hidden_states(family):
         for j, pos in enumerate(("t_inst", "t_post")):
             idx = batch.offset + torch.tensor([getattr(c, pos) for c in chats])
             expected = plain.hidden_states[slot][torch.arange(len(chats)), idx]
-            torch.testing.assert_close(
-                acts.resid[:, slot, j], expected, atol=1e-5, rtol=1e-5, msg=f"{name} {slot} {pos}"
+            torch.testing.assert_close(  # the cache runs the shared template prefix once: float rounding
+                acts.resid[:, slot, j], expected, atol=1e-4, rtol=1e-4, msg=f"{name} {slot} {pos}"
             )
 
 

@@ -51,9 +51,10 @@ def test_hooks_stay_active_while_decoding(tiny):
     plain = generate(tiny, PROMPTS[:1], max_new_tokens=6, progress=False)
     generate(tiny, PROMPTS[:1], max_new_tokens=6, hooks=[("blocks.1.hook_resid_pre", count)], progress=False)
     n_new = len(plain[0].response_ids)
-    # one forward pass per generated token (the end-of-turn token too), the first over the prompt
-    assert len(calls) == n_new + (1 if plain[0].finished else 0)
-    assert calls[0] > 1 and all(c == 1 for c in calls[1:])  # the KV cache is used: one new position per step
+    # the shared template prefix once, then one forward pass per generated token (the end-of-turn token
+    # too), the first over the rest of the prompt
+    assert len(calls) == 1 + n_new + (1 if plain[0].finished else 0)
+    assert calls[0] > 1 and calls[1] > 1 and all(c == 1 for c in calls[2:])  # one new position per step
 
     push = torch.randn(tiny.d_model, generator=torch.Generator().manual_seed(0)) * 50
     steered = generate(

@@ -8,7 +8,7 @@ import torch
 from tiny import FAMILIES, build_tiny_model_dir
 
 from harc_interp import formatter_for, load_model
-from harc_interp.capture import last_token_logprobs
+from harc_interp.capture import generate_chats, last_token_logprobs
 from harc_interp.capture.sweep import PromptSweep
 from harc_interp.directions.selection import arditi_select
 from harc_interp.errors import HarcError
@@ -52,3 +52,37 @@ def test_selection_same_through_the_sweep(tiny, tiny_directions):
     for a, b in zip(cands, ref_cands, strict=True):
         for f in ("bypass_score", "induce_score", "kl"):
             assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-4, nan_ok=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generation_through_the_shared_prefix(family, tmp_path):
+    """The template prefix's cache shared by every batch gives the tokens each prompt run whole gives,
+    greedy under an ablation everywhere and with a prefill, and sampled with a seed."""
+    model = load_model(str(build_tiny_model_dir(tmp_path / "m", family)), progress=False)
+    fmt = formatter_for(model)
+    chats = fmt.format_many(TEXTS) + fmt.format_many(TEXTS[:2], ["Sure, here", "No"])
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    for hooks, sample in (([], False), (ablation_hooks(model, v), False), ([], True)):
+        runs = [
+            generate_chats(model, chats, max_new_tokens=6, batch_size=3, hooks=hooks, do_sample=sample,
+                           seed=1 if sample else None, progress=False, share_prefix=share)
+            for share in (True, False)
+        ]  # fmt: skip
+        assert runs[0] == runs[1], (family, sample)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_through_the_shared_prefix(family, tmp_path):
+    """Residuals cached after the shared prefix equal those of each prompt run whole (prompt positions
+    and the response mean)."""
+    from harc_interp.capture import residuals_for_batch
+    from harc_interp.capture.forward import shared_prefix, split_prefix
+
+    model = load_model(str(build_tiny_model_dir(tmp_path / "m", family)), progress=False)
+    chats = formatter_for(model).format_many(TEXTS[:3], ["Fine.", "Here it is", "Sure"])
+    slots, positions = range(model.n_layers + 1), ("t_inst", "t_post", "response_mean")
+    whole = residuals_for_batch(model, chats, slots, positions)
+    prefix_ids, rest = split_prefix(model, chats)
+    assert prefix_ids
+    after = residuals_for_batch(model, rest, slots, positions, prefix=shared_prefix(model, prefix_ids))
+    torch.testing.assert_close(after, whole, atol=1e-4, rtol=1e-4)

@@ -42,7 +42,7 @@ from ..data.prompts import Prompt, PromptSet
 from ..errors import HarcError
 from ..model.hooked import HarcModel, HookFn, resid_hook_name
 from ..shapes import CachedBatch, CachedResid
-from .forward import StopForward, forward_batch
+from .forward import SharedPrefix, StopForward, forward_batch, shared_prefix, split_prefix
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,12 @@ def residuals_for_batch(
     positions: Sequence[str],
     n_response: int = 32,
     hooks: Sequence[tuple[str, HookFn]] = (),
+    prefix: SharedPrefix | None = None,
 ) -> CachedBatch:
     """One left-padded forward pass; returns float32 CPU residuals at the named positions.
 
-    `hooks` (an intervention) run before the capture hooks, so the cache sees their effect."""
+    `hooks` (an intervention) run before the capture hooks, so the cache sees their effect. With
+    `prefix` (a `SharedPrefix` under the same hooks) the prompts hold the tokens after it."""
     n_post = len(prompts[0].post_instruction)
     for p in prompts:
         if "post_instruction" in positions and len(p.post_instruction) != n_post:
@@ -187,7 +189,7 @@ def residuals_for_batch(
         return fn
 
     captures = [(resid_hook_name(s, model.n_layers), capture(i, s)) for i, s in enumerate(slots)]
-    forward_batch(model, batch, [*hooks, *captures])
+    forward_batch(model, batch, [*hooks, *captures], prefix=prefix)
     if not torch.isfinite(out).all():
         raise HarcError("non-finite residuals (NaN/inf): try float32 instead of a half dtype")
     return out
@@ -244,11 +246,18 @@ def cache_residuals(
     with tqdm(total=len(chats), desc="caching residuals", unit="prompt", disable=not progress) as bar:
 
         def batches(idx: list[int]):
-            """(position in `idx`, residuals) of the prompts `idx`, a batch at a time."""
+            """(position in `idx`, residuals) of the prompts `idx`, a batch at a time; the template
+            prefix they share (no cached position lies in it) runs once."""
+            prefix_ids, rest = split_prefix(model, chats)
+            prefix = shared_prefix(model, prefix_ids, hooks) if prefix_ids else None
             for i in range(0, len(idx), config.batch_size):
-                chunk = idx[i : i + config.batch_size]
-                batch = [chats[j] for j in chunk]
-                yield i, residuals_for_batch(model, batch, slots, config.positions, config.n_response, hooks)
+                chunk = [rest[j] for j in idx[i : i + config.batch_size]]
+                yield (
+                    i,
+                    residuals_for_batch(
+                        model, chunk, slots, config.positions, config.n_response, hooks, prefix=prefix
+                    ),
+                )
                 bar.update(len(chunk))
 
         if out_dir is None:

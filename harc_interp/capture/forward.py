@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -50,6 +50,34 @@ def shared_prefix(
     )
     out = _hf_forward(model, batch, hooks, grad=False, use_cache=True, logits_to_keep=1)
     return SharedPrefix(tuple(ids), out.past_key_values)
+
+
+def shared_prefix_length(model: HarcModel, chats: Sequence[ChatPrompt], new_tokens: int = 0) -> int:
+    """How many leading tokens every chat shares, up to the first one an intervention may edit
+    (t_inst); 0 when a prefix cannot stand in for the whole sequence (a sliding attention window
+    shorter than a chat with its response and `new_tokens` generated: the cached prefix would sit at
+    other distances)."""
+    window = getattr(model.text_config, "sliding_window", None)
+    if window is not None and max(len(c.all_ids) for c in chats) + new_tokens > window:
+        return 0
+    first = chats[0].input_ids
+    n = min(c.t_inst for c in chats)
+    for c in chats[1:]:
+        n = next((i for i in range(n) if c.input_ids[i] != first[i]), n)
+    return n if n >= 2 else 0
+
+
+def _after_prefix(chat: ChatPrompt, n: int) -> ChatPrompt:
+    return replace(chat, input_ids=chat.input_ids[n:], t_inst=chat.t_inst - n)
+
+
+def split_prefix(
+    model: HarcModel, chats: Sequence[ChatPrompt], share: bool = True, new_tokens: int = 0
+) -> tuple[tuple[int, ...], list[ChatPrompt]]:
+    """The token prefix `chats` share (`shared_prefix_length`; empty when `share` is False or there is
+    none) and each chat's tokens after it, its positions shifted to match."""
+    n = shared_prefix_length(model, chats, new_tokens) if share and chats else 0
+    return tuple(chats[0].input_ids[:n]) if n else (), [_after_prefix(c, n) for c in chats]
 
 
 def forward_batch(

@@ -7,6 +7,7 @@ every decoding step. Greedy by default.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError
 from ..model.hooked import HarcModel, HookFn
+from .forward import SharedPrefix, shared_prefix, split_prefix
 from .judges import Judge
 
 
@@ -48,12 +50,22 @@ def generate_ids(
     hooks: Sequence[tuple[str, HookFn]] = (),
     do_sample: bool = False,
     seed: int | None = None,
+    prefix: SharedPrefix | None = None,
 ) -> list[tuple[list[int], bool]]:
     """Generate for one left-padded batch; returns (new token ids up to end-of-turn, finished).
 
     A chat's `response_ids` are a prefill: generation continues after them, and they are not
-    part of the returned ids."""
+    part of the returned ids. With `prefix` (computed under the same hooks) the chats hold the tokens
+    after it: each row is the prefix, its pads, then its own tokens; the position ids HF derives from
+    the attention mask continue right after the prefix, as if the prompt were unpadded."""
     batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=True)
+    input_ids, mask, cache = batch.input_ids, batch.attention_mask, None
+    if prefix is not None:
+        n, rows = len(prefix.ids), len(chats)
+        input_ids = torch.cat([torch.tensor([prefix.ids]).expand(rows, n), input_ids], 1)
+        mask = torch.cat([torch.ones(rows, n, dtype=mask.dtype), mask], 1)
+        cache = copy.deepcopy(prefix.cache)  # generate appends to it
+        cache.batch_repeat_interleave(rows)
     stops = stop_ids(model)
     kwargs = dict(
         do_sample=do_sample,
@@ -69,11 +81,12 @@ def generate_ids(
     with torch.no_grad(), model.hooks(hooks), span, torch.random.fork_rng(devices=devices):
         torch.manual_seed(0 if seed is None else seed)
         out = model.hf.generate(
-            input_ids=batch.input_ids.to(model.device),
-            attention_mask=batch.attention_mask.to(model.device),
+            input_ids=input_ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            past_key_values=cache,
             **kwargs,
         )
-    new = out[:, batch.input_ids.shape[1] :].cpu().tolist()
+    new = out[:, input_ids.shape[1] :].cpu().tolist()
     results = []
     for row in new:
         cut = next((i for i, t in enumerate(row) if t in stops), None)
@@ -91,22 +104,29 @@ def generate_chats(
     do_sample: bool = False,
     seed: int | None = None,
     progress: bool = True,
+    share_prefix: bool = True,
 ) -> list[tuple[list[int], bool]]:
-    """Generate for formatted chats in batches sorted by length; results in the input order."""
+    """Generate for formatted chats in batches sorted by length; results in the input order.
+
+    The token prefix every chat shares (the template's system turn and user header) runs once under
+    `hooks` and its key/value cache serves every batch (`share_prefix=False`: each prompt whole)."""
     if max_new_tokens < 1 or batch_size < 1:
         raise HarcError("max_new_tokens and batch_size must be positive")
     order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
+    prefix_ids, rest = split_prefix(model, chats, share_prefix, new_tokens=max_new_tokens)
+    prefix = shared_prefix(model, prefix_ids, hooks) if prefix_ids else None
     results: list[tuple[list[int], bool] | None] = [None] * len(chats)
     with tqdm(total=len(chats), desc="generating", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             outs = generate_ids(
                 model,
-                [chats[i] for i in chunk],
+                [rest[i] for i in chunk],
                 max_new_tokens=max_new_tokens,
                 hooks=hooks,
                 do_sample=do_sample,
                 seed=None if seed is None else seed + start,
+                prefix=prefix,
             )
             for i, out in zip(chunk, outs, strict=True):
                 results[i] = out

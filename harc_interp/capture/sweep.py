@@ -13,7 +13,7 @@ An edit from the embedding on (a directional ablation everywhere) gets the first
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -23,7 +23,7 @@ from torch import Tensor
 from ..data.chat import Batch, ChatPrompt, left_pad, pad_token_id
 from ..errors import HarcError
 from ..model.hooked import HarcModel, HookFn, resid_hook_name
-from .forward import StopForward, forward_batch, shared_prefix
+from .forward import StopForward, forward_batch, shared_prefix, split_prefix
 
 Hooks = Sequence[tuple[str, HookFn]]
 
@@ -52,15 +52,14 @@ class PromptSweep:
         if not chats:
             raise HarcError("no prompts to score")
         self.model, self.n = model, len(chats)
-        n_prefix = shared_prefix_length(model, chats) if share_prefix else 0
-        self.prefix_ids = tuple(chats[0].input_ids[:n_prefix])
+        self.prefix_ids, rest = split_prefix(model, chats, share_prefix)
         pad = pad_token_id(model.tokenizer)
         order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
         self.chunks = []
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            rest = [_after_prefix(chats[i], n_prefix) for i in rows]
-            self.chunks.append(_Chunk(rows, left_pad(rest, pad, with_response=False), {}))
+            batch = left_pad([rest[i] for i in rows], pad, with_response=False)
+            self.chunks.append(_Chunk(rows, batch, {}))
         self.resume_slots = tuple(sorted(set(resume_slots)))
         if self.resume_slots:
             self._capture_unedited(self.resume_slots)
@@ -111,21 +110,3 @@ def last_token_logprobs(
     """log-softmax of the next-token distribution at the last prompt token (t_post), float32 on CPU,
     every pass run whole from the embeddings (a `PromptSweep` that shares nothing)."""
     return PromptSweep(model, chats, batch_size=batch_size, share_prefix=False).last_logprobs(hooks)
-
-
-def shared_prefix_length(model: HarcModel, chats: Sequence[ChatPrompt]) -> int:
-    """How many leading tokens every chat shares, up to the first one an intervention may edit
-    (t_inst); 0 when a prefix cannot stand in for the whole prompt (a sliding attention window
-    shorter than the prompts: the cached prefix would sit at other distances)."""
-    window = getattr(model.text_config, "sliding_window", None)
-    if window is not None and max(c.n_prompt for c in chats) > window:
-        return 0
-    first = chats[0].input_ids
-    n = min(c.t_inst for c in chats)
-    for c in chats[1:]:
-        n = next((i for i in range(n) if c.input_ids[i] != first[i]), n)
-    return n if n >= 2 else 0
-
-
-def _after_prefix(chat: ChatPrompt, n: int) -> ChatPrompt:
-    return replace(chat, input_ids=chat.input_ids[n:], t_inst=chat.t_inst - n)

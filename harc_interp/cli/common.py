@@ -55,7 +55,10 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument(
-        "--batch-size", type=positive_int, default=None, help="forward and generation batch (default 16)"
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="prompts per forward pass (default 16; the directions stage generates 64 at a time)",
     )
     p.add_argument("--system-prompt", default=None, help="system message (default: the template's own)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -305,6 +305,8 @@ class CouplingIntervention(nn.Module):
 
         def hook_for(i: int) -> HookFn:
             def hook(resid: Tensor, site: HookSite):
+                if _no_span_here(site, resid):
+                    return None
                 context = self.span_context(i, site.span, resid) if self.maps[i].n_context else None
                 return self.edit(i, resid, site.span_weights(resid), site.span_roles(resid), context)
 
@@ -315,7 +317,7 @@ class CouplingIntervention(nn.Module):
                 resid: Tensor, site: HookSite
             ):  # records the prompt's span at a read slot; edits nothing
                 roles = site.span_roles(resid)
-                if roles is not None:
+                if roles is not None and not _no_span_here(site, resid):
                     key = ("coupling_read", id(self), self.read_slots[j])
                     site.span.memory[key] = self._span_coordinates(self.read_bases[j], resid, roles)
 
@@ -376,3 +378,10 @@ class CouplingIntervention(nn.Module):
         )
         module.load_state_dict(state)
         return module
+
+
+def _no_span_here(site: HookSite, resid: Tensor) -> bool:
+    """A pass with no span position (the template prefix every prompt shares, run once): the coupling
+    edits and reads nothing there."""
+    roles = site.span_roles(resid)
+    return roles is not None and bool((roles < 0).all())

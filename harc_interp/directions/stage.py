@@ -63,7 +63,8 @@ class DirectionsConfig:
     max_layer_fraction: float = 0.8
     n_bootstrap: int = 200
     eval_max_new_tokens: int = 24
-    batch_size: int = 16
+    batch_size: int = 16  # prompts per forward pass
+    generation_batch_size: int = 64  # prompts per generate call (CPU decoding is ~1.4x faster at 64 than 16)
     seed: int = 0
     system_prompt: str | None = None
 
@@ -74,8 +75,8 @@ class DirectionsConfig:
             raise HarcError(f"selection must be 'arditi' or 'harc', got '{self.selection}'")
         if not 0 < self.max_layer_fraction <= 1:
             raise HarcError("max_layer_fraction must be in (0, 1]")
-        if self.batch_size < 1 or self.max_new_tokens < 1 or self.n_response < 1:
-            raise HarcError("batch_size, max_new_tokens and n_response must be positive")
+        if min(self.batch_size, self.generation_batch_size, self.max_new_tokens, self.n_response) < 1:
+            raise HarcError("batch sizes, max_new_tokens and n_response must be positive")
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,10 @@ def _timed(seconds: dict[str, float], step: str):
 
 
 def _claim_run_folder(work: Path, cfg: DirectionsConfig, model: HarcModel, harmful, harmless) -> None:
-    """Record what this run folder is for; refuse one made by another run (settings, model, prompts)."""
+    """Record what this run folder is for; refuse one made by another run (settings, model, prompts).
+    Batch sizes may change between a run and its resumption."""
     settings = {
-        "config": asdict(cfg),
+        "config": asdict(cfg) | {"batch_size": 0, "generation_batch_size": 0},
         "model_fingerprint": model.fingerprint,
         "harmful": harmful.ids,
         "harmless": harmless.ids,
@@ -236,7 +238,7 @@ def own_behaviour(
         model,
         judge=judge,
         max_new_tokens=cfg.max_new_tokens,
-        batch_size=cfg.batch_size,
+        batch_size=cfg.generation_batch_size,
         system_prompt=cfg.system_prompt,
         progress=progress,
     )
@@ -424,7 +426,7 @@ def _causal_checks(model, d, splits: Splits, selection: Selection, work: Path, c
             fmt.format_many(splits.harmless[2].texts),
             judge=judge,
             max_new_tokens=cfg.eval_max_new_tokens,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.generation_batch_size,
             responses_path=work / f"causal_slot{slot}_responses.json",
             refusal_position=None if selection.refusal_position == "t_post" else selection.refusal_position,
             progress=progress,
