@@ -18,13 +18,16 @@ pytestmark = pytest.mark.slow
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-@pytest.fixture(scope="module")
-def real_directions(real, tmp_path_factory):
+def dev_sets():
     if (SHARED / "harmful_dev.jsonl").is_file():
         harmful = load_prompts(SHARED / "harmful_dev.jsonl")
-        harmless = load_prompts(SHARED / "harmless_dev.jsonl").exclude(source="jbb")
-    else:
-        harmful, harmless = starter_prompts("harmful"), starter_prompts("harmless")
+        return harmful, load_prompts(SHARED / "harmless_dev.jsonl").exclude(source="jbb")
+    return starter_prompts("harmful"), starter_prompts("harmless")
+
+
+@pytest.fixture(scope="module")
+def real_directions(real, tmp_path_factory):
+    harmful, harmless = dev_sets()
     cfg = DirectionsConfig(
         n_train=24,
         n_val=8,
@@ -56,6 +59,33 @@ def test_directions_separate_harm_and_drive_refusal(real, real_directions):
         lo <= c + 1e-6 <= hi + 2e-6
         for lo, c, hi in zip(cos["ci_low"], cos["cos"], cos["ci_high"], strict=True)
     )
+
+
+def test_selection_through_the_sweep_equals_the_full_forward_on_the_real_model(real, real_directions):
+    """The shared-prefix / resumed selection scores what the full forward from the embeddings scores:
+    same pick, every score within 1e-5 (two slots, the run's validation prompts)."""
+    from harc_interp import formatter_for
+    from harc_interp.directions.selection import arditi_select
+
+    d = real_directions
+    harmful, harmless = dev_sets()
+    by_id = {p.id: p.prompt for p in (harmful + harmless).prompts}
+    fmt = formatter_for(real)
+    val_h, val_b = (
+        fmt.format_many([by_id[i] for i in d.splits[f"{c}_val"]]) for c in ("harmful", "harmless")
+    )
+    runs = [
+        arditi_select(real, d, val_h, val_b, d.refusal_tokens, slots=(6, 12), reuse=reuse, progress=False)
+        for reuse in (True, False)
+    ]
+    (best, cands, base), (ref_best, ref_cands, ref_base) = runs
+    assert getattr(best, "slot", None) == getattr(ref_best, "slot", None)
+    assert base == pytest.approx(ref_base, abs=1e-5)
+    scored = [(a, b) for a, b in zip(cands, ref_cands, strict=True) if a.induce_score == a.induce_score]
+    assert len(scored) == 2
+    for a, b in scored:
+        for f in ("bypass_score", "induce_score", "kl"):
+            assert getattr(a, f) == pytest.approx(getattr(b, f), abs=1e-5), (a.slot, f)
 
 
 def test_confined_coupling_on_the_real_model(real, real_directions):
