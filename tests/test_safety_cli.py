@@ -142,6 +142,8 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
                 "2",
                 "--samples",
                 "3",
+                "--humaneval",
+                "2",
                 "--out",
                 one_token + "/eval",
             ]
@@ -151,6 +153,12 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     sampled = json.loads(Path(one_token, "eval", "eval.json").read_text())
     rows = json.loads(Path(one_token, "eval", "responses.json").read_text())["borderline_sampled"]
     assert sampled["samples"] == 3 and len(rows) == 3 * sampled["n"]["borderline"]
+    # HumanEval of both sides on the first two problems, every answer and verdict kept
+    for side in ("base", "tuned"):
+        he = sampled["humaneval"][side]
+        kept = json.loads(Path(one_token, "eval", f"humaneval_{side}.json").read_text())
+        assert he["n"] == 2 and [r["task_id"] for r in kept] == ["HumanEval/0", "HumanEval/1"]
+        assert he["passed"] == sum(r["status"] == "passed" for r in kept)
     assert sampled["over_refusal_sampled"] == sum(r["refusal"] for r in rows) / len(rows)
     # Really sampled: some prompt's three responses are not all the greedy one.
     greedy = {

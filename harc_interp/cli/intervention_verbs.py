@@ -132,6 +132,14 @@ def add_parsers(sub) -> None:
         "sampling settings): over-refusal at a finer grain than one greedy answer each",
     )
     ev.add_argument("--sample-seed", type=int, default=None, help="seed for --samples")
+    ev.add_argument(
+        "--humaneval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also HumanEval pass@1 (greedy; tests run in a sandbox) on the first N problems (0: all 164), "
+        "of the plain model and, with --intervention, of the intervened one",
+    )
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=cmd_eval)
 
@@ -261,9 +269,13 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         attack_slot = next(s for s in (args.attack_slot, info.attack_slot, d.selected_layer) if s is not None)
         with load_intervention(model, args.intervention) as (tuned, base):
             result = evaluate_safety(model, tuned=tuned, base=base, attack_slot=attack_slot, **kwargs)
+            if args.humaneval is not None:
+                result["humaneval"] = _humaneval(model, {"base": base, "tuned": tuned}, args)
         result["intervention"] = str(args.intervention)
     else:
         result = evaluate_safety(model, tuned=Variant(), attack_slot=args.attack_slot, **kwargs)
+    if args.humaneval is not None and "humaneval" not in result:
+        result["humaneval"] = _humaneval(model, {"base": Variant()}, args)
     write_json(Path(args.out) / "eval.json", stamp_schema(result, "eval", 1))
     return {
         "out": str(Path(args.out) / "eval.json"),
@@ -273,6 +285,24 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         **({"over_refusal_sampled": result["over_refusal_sampled"]} if config.samples else {}),
         "harmless_kl": result["harmless_kl"],
         "harmless_response_kl": result["harmless_response_kl"],
+        **(
+            {"humaneval_pass_at_1": {k: v["pass_at_1"] for k, v in result["humaneval"].items()}}
+            if "humaneval" in result
+            else {}
+        ),
+    }
+
+
+def _humaneval(model, variants: dict, args) -> dict:
+    """HumanEval pass@1 of each variant; every answer and verdict in `out/humaneval_<side>.json`."""
+    from ..evaluation.humaneval import HumanEvalConfig, humaneval_pass_at_1
+
+    config = HumanEvalConfig(limit=args.humaneval or None, system_prompt=args.system_prompt)
+    return {
+        side: humaneval_pass_at_1(
+            model, v, config, Path(args.out) / f"humaneval_{side}.json", progress=not args.quiet
+        )
+        for side, v in variants.items()
     }
 
 

@@ -122,7 +122,11 @@ def run_python(program: str, *, timeout_s: float | int = 10.0, memory_mb: int = 
 
 
 def run_many(
-    programs: Sequence[str], *, timeout_s: float | int = 10.0, memory_mb: int = 1024, workers: int | None = None
+    programs: Sequence[str],
+    *,
+    timeout_s: float | int = 10.0,
+    memory_mb: int = 1024,
+    workers: int | None = None,
 ) -> list[SandboxResult]:
     """`run_python` on each program, a few at a time (each in its own process), in order."""
     workers = workers or max(1, min(8, os.cpu_count() or 1))
