@@ -249,7 +249,7 @@ def cache_residuals(
             """(position in `idx`, residuals) of the prompts `idx`, a batch at a time; the template
             prefix they share (no cached position lies in it) runs once."""
             prefix_ids, rest = split_prefix(model, chats)
-            prefix = shared_prefix(model, prefix_ids, hooks) if prefix_ids else None
+            prefix = shared_prefix(model, prefix_ids, hooks)
             for i in range(0, len(idx), config.batch_size):
                 chunk = [rest[j] for j in idx[i : i + config.batch_size]]
                 yield (

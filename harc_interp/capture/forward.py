@@ -37,11 +37,23 @@ class SharedPrefix:
     ids: tuple[int, ...]
     cache: object  # a transformers Cache over `ids`, batch size 1
 
+    def for_batch(self, attention_mask: Tensor) -> tuple[object, Tensor]:
+        """A copy of the cache for a batch with this mask over its own tokens (the pass appends to
+        it), and the mask over prefix + tokens."""
+        rows = len(attention_mask)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_repeat_interleave(rows)
+        ones = torch.ones(rows, len(self.ids), dtype=attention_mask.dtype)
+        return cache, torch.cat([ones, attention_mask], 1)
+
 
 def shared_prefix(
     model: HarcModel, ids: Sequence[int], hooks: Sequence[tuple[str, HookFn]] = ()
-) -> SharedPrefix:
-    """Run `ids` (outside every prompt's span) once under `hooks` and keep their key/value cache."""
+) -> SharedPrefix | None:
+    """Run `ids` (outside every prompt's span) once under `hooks` and keep their key/value cache;
+    None when there is no prefix."""
+    if not ids:
+        return None
     batch = Batch(
         torch.tensor([list(ids)]),
         torch.ones(1, len(ids), dtype=torch.long),
@@ -105,15 +117,14 @@ def forward_batch(
         raise HarcError(f"logits must be None, 'last' or 'all', got {logits!r}")
     kwargs = {} if logits == "all" else {"logits_to_keep": 1}
     if prefix is not None:
-        n, mask = len(prefix.ids), batch.attention_mask
-        cache = copy.deepcopy(prefix.cache)  # the pass appends to it
-        cache.batch_repeat_interleave(len(mask))
+        mask = batch.attention_mask
+        cache, full_mask = prefix.for_batch(mask)
         kwargs |= {
             "past_key_values": cache,
             "use_cache": True,
-            "attention_mask": torch.cat([torch.ones(len(mask), n, dtype=mask.dtype), mask], 1),
+            "attention_mask": full_mask,
             # each prompt's tokens continue right after the prefix; pads are masked (any position)
-            "position_ids": n + (mask.cumsum(1) - 1).clamp(min=0),
+            "position_ids": len(prefix.ids) + (mask.cumsum(1) - 1).clamp(min=0),
         }
     resumed = contextlib.nullcontext()
     if resume is not None:

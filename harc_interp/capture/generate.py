@@ -7,7 +7,6 @@ every decoding step. Greedy by default.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +60,8 @@ def generate_ids(
     batch = left_pad(chats, pad_token_id(model.tokenizer), with_response=True)
     input_ids, mask, cache = batch.input_ids, batch.attention_mask, None
     if prefix is not None:
-        n, rows = len(prefix.ids), len(chats)
-        input_ids = torch.cat([torch.tensor([prefix.ids]).expand(rows, n), input_ids], 1)
-        mask = torch.cat([torch.ones(rows, n, dtype=mask.dtype), mask], 1)
-        cache = copy.deepcopy(prefix.cache)  # generate appends to it
-        cache.batch_repeat_interleave(rows)
+        cache, mask = prefix.for_batch(mask)
+        input_ids = torch.cat([torch.tensor([prefix.ids]).expand(len(chats), -1), input_ids], 1)
     stops = stop_ids(model)
     kwargs = dict(
         do_sample=do_sample,
@@ -114,7 +110,7 @@ def generate_chats(
         raise HarcError("max_new_tokens and batch_size must be positive")
     order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
     prefix_ids, rest = split_prefix(model, chats, share_prefix, new_tokens=max_new_tokens)
-    prefix = shared_prefix(model, prefix_ids, hooks) if prefix_ids else None
+    prefix = shared_prefix(model, prefix_ids, hooks)
     results: list[tuple[list[int], bool] | None] = [None] * len(chats)
     with tqdm(total=len(chats), desc="generating", unit="prompt", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):

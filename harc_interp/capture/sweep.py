@@ -72,7 +72,7 @@ class PromptSweep:
         residual (the slot must be one of `resume_slots`)."""
         if from_slot is not None and from_slot not in self.resume_slots:
             raise HarcError(f"slot {from_slot} was not prepared for resuming (have {self.resume_slots})")
-        prefix = shared_prefix(self.model, self.prefix_ids, hooks) if self.prefix_ids else None
+        prefix = shared_prefix(self.model, self.prefix_ids, hooks)
         parts, rows = [], []
         for chunk in self.chunks:
             resume = None if from_slot is None else (from_slot, chunk.resid[from_slot])
@@ -88,7 +88,7 @@ class PromptSweep:
 
     def _capture_unedited(self, slots: tuple[int, ...]) -> None:
         """One unedited pass per batch, stopped after the deepest slot, keeping the residual at each."""
-        prefix = shared_prefix(self.model, self.prefix_ids) if self.prefix_ids else None
+        prefix = shared_prefix(self.model, self.prefix_ids)
         if any(s >= self.model.n_layers for s in slots):
             raise HarcError(f"resume slots must be block inputs 0..{self.model.n_layers - 1}")
         names = {resid_hook_name(s, self.model.n_layers): s for s in slots}

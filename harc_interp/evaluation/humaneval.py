@@ -108,12 +108,12 @@ def humaneval_pass_at_1(
     ]
     if responses_path is not None:
         write_json(responses_path, rows)
-    n_tokens = sum(len(ids) for ids, _ in outs)
+    n_tokens, passed = sum(len(ids) for ids, _ in outs), sum(r.passed for r in results)
     return {
         "variant": variant.name,
         "n": len(problems),
-        "passed": sum(r.passed for r in results),
-        "pass_at_1": sum(r.passed for r in results) / len(problems),
+        "passed": passed,
+        "pass_at_1": passed / len(problems),
         "timeouts": sum(r.status == "timeout" for r in results),
         "unfinished_answers": sum(not fin for _, fin in outs),  # hit max_new_tokens
         "max_new_tokens": config.max_new_tokens,
