@@ -400,7 +400,10 @@ def test_train_subspace_on_tiny_model(tiny, tiny_directions, tmp_path, monkeypat
     }
     # One-token maps f(Uᵀh) (the span-reading default has a test of its own)
     cfg = SubspaceConfig(
-        span_context=False, train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20)
+        span_context=False,
+        margin=0.8,
+        validation_fraction=0.0,
+        train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20),
     )
     coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     assert coupling.slots == (2,)
@@ -451,6 +454,8 @@ def test_train_span_reading_coupling_with_held_out_rows(tiny, tiny_directions, t
     }
     cfg = SubspaceConfig(
         span_context=True,
+        margin=0.8,
+        read_slots=(),
         validation_fraction=0.25,
         response_tokens=4,
         train=TrainConfig(steps=40, lr=1e-2, log_every=10, checkpoint_every=20),
@@ -517,7 +522,9 @@ def _objective_at_init(d, coords, responses=None, bias=None, **config) -> dict:
         with torch.no_grad():
             coupling.maps[0].w_out.zero_()
             coupling.maps[0].b_out.copy_(bias)
-    cfg = SubspaceConfig(**config)
+    # The objective's terms one at a time: the plain-prompt margins and the rise cost off unless given.
+    base = dict(margin=0.8, plain_margin=None, plain_response_margin=None, safe_raise_weight=0.0)
+    cfg = SubspaceConfig(**(base | config))
     objective = fit_slot_objective(
         coupling.maps[0], d, 2, coords, responses, Margins.of(cfg), cfg.min_separation
     )
@@ -625,5 +632,83 @@ def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
     coupling = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
     assert coupling.slots == (1, 2)
     assert calls == [((1,), 1, []), ((2,), 1, ["blocks.1.hook_resid_pre"])]
-    assert set(coupling.meta["objective"]) == {"1", "2"}
+    assert set(coupling.meta["objective"]) == set(coupling.meta["margin"]) == {"1", "2"}
     assert (tmp_path / "work" / "slot2" / "coordinates.safetensors").is_file()
+
+
+def _calibrate(d, coords, tmp_path, **config):
+    """Calibrate the margin of a fresh one-token map at slot 2 on synthetic span coordinates."""
+    from harc_interp.coupling import train_slot
+
+    coupling = CouplingIntervention.from_directions(d, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2))
+    cfg = SubspaceConfig(
+        span_context=False,
+        response_tokens=0,
+        train=TrainConfig(steps=150, lr=3e-2, log_every=150, checkpoint_every=150),
+        **config,
+    )
+    return train_slot(coupling, 0, d, coords, None, cfg, tmp_path, progress=False), coupling
+
+
+def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tiny_directions, tmp_path):
+    # Jailbreaks sit well apart from the harmless and borderline prompts (refusal suppressed: -0.5 gaps),
+    # so a map can lift them to any margin while the safe prompts stay where they are.
+    place, _ = _read_out_placer(tiny_directions)
+    levels = {"harmless": 0.0, "borderline": 0.0, "harmful": 1.0, "jailbreak": -0.5}
+    coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
+    stage, coupling = _calibrate(tiny_directions, coords, tmp_path)
+    cal = stage["calibration"]
+    assert [c["margin"] for c in cal["candidates"]] == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert cal["met"] and stage["margin"] == 3.0
+    assert all(c["safe_movement"] <= 0.6 for c in cal["candidates"])
+    lifted = [c["jailbreak_t_post"] for c in cal["candidates"]]  # validation read-outs after the map
+    assert lifted[-1] > lifted[0] > 0.5
+    # The coupling carries the picked candidate's map, trained under calibration/margin_3/.
+    assert (tmp_path / "calibration" / "margin_3" / "checkpoint.pt").is_file()
+    assert stage["objective"]["validation"]["refusal_readouts"]["jailbreak"]["t_post"][1] == lifted[-1]
+    z = coords["jailbreak"][:4, 0]
+    assert not torch.equal(coupling.maps[0](z), z)
+
+
+def test_calibration_keeps_the_smallest_margin_when_every_margin_moves_safe_prompts(
+    tiny_directions, tmp_path, caplog
+):
+    # Jailbreaks are drawn like the harmless prompts: lifting them lifts the harmless ones too, and with no
+    # cost on a rise (and retention light) every margin moves them past a budget this small.
+    place, _ = _read_out_placer(tiny_directions)
+    levels = {"harmless": 0.0, "harmful": 1.0, "jailbreak": 0.0}
+    coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
+    stage, _ = _calibrate(
+        tiny_directions, coords, tmp_path, safe_raise_weight=0.0, retention_weight=0.1, max_safe_movement=1e-3
+    )
+    assert not stage["calibration"]["met"] and stage["margin"] == 1.0
+    assert min(c["safe_movement"] for c in stage["calibration"]["candidates"]) > 1e-3
+    assert "kept the smallest" in caplog.text
+
+
+def test_pick_margin_is_the_largest_within_the_budget():
+    from harc_interp.coupling.subspace import pick_margin
+
+    rows = [{"margin": m, "safe_movement": v} for m, v in ((1.0, 0.1), (1.5, 0.5), (2.0, 0.9), (2.5, 0.4))]
+    assert pick_margin(rows, 0.6) == (2.5, True)  # not monotone: the largest that fits, not the first misfit
+    assert pick_margin(rows, 0.45) == (2.5, True)
+    assert pick_margin(rows, 0.3) == (1.0, True)
+    assert pick_margin(rows, 0.05) == (1.0, False)
+
+
+def test_a_calibrated_margin_needs_validation_rows():
+    with pytest.raises(HarcError, match="validation rows"):
+        SubspaceConfig(validation_fraction=0.0)
+    assert SubspaceConfig(validation_fraction=0.0, margin=1.0).margin == 1.0
+
+
+def test_default_slots_follow_relative_depth():
+    from harc_interp.coupling.subspace import default_slots
+
+    assert default_slots(24) == ((14,), (6, 10))  # Qwen2.5 0.5B
+    assert default_slots(28) == ((17,), (7, 12))  # Qwen2.5 1.5B
+    assert default_slots(4) == ((2,), (1,))  # the tiny model: the read slot equal to the slot is dropped
+    cfg = SubspaceConfig()
+    assert cfg.resolved(24).slots == (14,) and cfg.resolved(24).read_slots == (6, 10)
+    assert replace(cfg, slots=(9,)).resolved(24).read_slots == ()  # own slots: read none unless asked
+    assert replace(cfg, span_context=False).resolved(24).read_slots == ()

@@ -37,6 +37,17 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "Causal validation" in page and "directions/figures/auroc_by_layer.html" in page
     assert "plane/figures/plane_oblique.html" in page and (tmp_path / "plane" / "coords.jsonl").is_file()
+    # The fourth claim: the coupling with defaults only, evaluated base vs coupled on held-out prompts and
+    # verified (confined by construction, so the verdict must say so).
+    c = on_disk["coupling"]
+    assert c["slots"] == [2] and c["read_slots"] == [1] and c["margin"]["2"] in (1.0, 1.5, 2.0, 2.5, 3.0)
+    assert c["verify"]["confined"] and c["verify"]["checked_slots"] == [2]
+    assert set(c["verify"]["by_slot"]["2"]) == {"t_inst", "t_post", "response"}
+    assert c["base"]["harmless_kl"] == 0 and c["coupled"]["harmless_kl"] >= 0
+    assert len(c["coupled"]["asr_by_class"]) >= 5 and c["n_eval"]["jailbreaks"] > 0
+    assert "Confined coupling (defaults only)" in page and "Margin calibration" in page
+    for f in ("coupling/coupling.json", "eval/base.json", "eval/responses_coupled.json", "verify.json"):
+        assert (tmp_path / f).is_file(), f
     again = run_main(
         tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
     )

@@ -35,7 +35,20 @@ def test_safety_splits_share_no_goal():
     assert again[1]["jailbreaks"].ids == ev["jailbreaks"].ids
 
 
-def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
+def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, monkeypatch):
+    import harc_interp.coupling.subspace as subspace_mod
+
+    seen = set()  # every prompt training (and so the margin calibration) reads goes through these two
+
+    def spying(real):
+        def spy(model, d, slots, sets, *args, **kwargs):
+            seen.update(i for ps in sets.values() for i in ps.ids)
+            return real(model, d, slots, sets, *args, **kwargs)
+
+        return spy
+
+    for name in ("plane_coordinates_dataset", "response_coordinates_dataset"):
+        monkeypatch.setattr(subspace_mod, name, spying(getattr(subspace_mod, name)))
     d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
     # The span-reading map (default) also reading slot 1, with plain-harmful margins of their own; eval
@@ -48,6 +61,11 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys):
     saved = json.loads((tmp_path / "coupling" / "coupling.json").read_text())
     assert saved["config"]["span_context"] and saved["read_slots"] == [1]
     assert saved["config"]["plain_margin"] == 0.6 and saved["config"]["plain_response_margin"] == 0.0
+    # No --margin: calibrated on validation rows of the training prompts, never on the eval split.
+    assert saved["config"]["margin"] is None and saved["margin"]["2"] in saved["config"]["margin_grid"]
+    assert len(saved["calibration"]["2"]["candidates"]) == len(saved["config"]["margin_grid"])
+    assert seen and seen == {i for ids in splits["train"].values() for i in ids}
+    assert not seen & {i for ids in splits["eval"].values() for i in ids}
 
     assert (
         main(

@@ -36,6 +36,13 @@ def add_parsers(sub) -> None:
     run.add_argument(
         "--refusal-tokens", default=None, help="comma-separated refusal-start tokens (default: found)"
     )
+    run.add_argument(
+        "--coupling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="train the confined coupling with its defaults, evaluate base vs coupled on held-out prompts "
+        "and verify it (default: on); --no-coupling stops after the plane",
+    )
     run.set_defaults(func=cmd_run)
 
     dirs = sub.add_parser(
@@ -238,6 +245,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
         dtype=args.dtype,
         device=args.device,
         batch_size=batch_size,
+        coupling=args.coupling,
         progress=not args.quiet,
     )
     d = summary["directions"]
@@ -246,6 +254,18 @@ def cmd_run(args: argparse.Namespace) -> dict:
         "selected_layer": d["selected_layer"],
         "best_harm_layer": d["best_harm_layer"],
         "causal_validation": d["causal_validation"],
+        **({"coupling": _coupling_headline(summary["coupling"])} if "coupling" in summary else {}),
         "seconds": summary["seconds"],
         "report": summary["artifacts"]["report"],
+    }
+
+
+def _coupling_headline(c: dict) -> dict:
+    """The main job's coupling numbers for the terminal (rates and KL only: no completions)."""
+    keys = ("mean_asr", "v_ref_ablated_upstream_asr", "over_refusal_sampled", "harmless_kl")
+    return {
+        "slots": c["slots"],
+        "margin": c["margin"],
+        **{k: [c["base"][k], c["coupled"][k]] for k in keys},
+        "confined": c["verify"]["confined"],
     }

@@ -27,24 +27,29 @@ from .common import (
 S = SubspaceConfig
 # The subspace-only flags: (flag dest, SubspaceConfig field, help).
 SUBSPACE_FLAGS = (
-    ("slots", "slots", "coupling layer slots (default: the selected layer)"),
-    ("retention_weight", "retention_weight", f"weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
-    ("margin", "margin", f"where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
-     f"(harmless mean = 0; default {S.margin}; above 1 pushes past the average harmful prompt)"),
-    ("plain_margin", "plain_margin", "the margin for plain harmful prompts (default: --margin); the model mostly "
-     "refuses them already, and pushing them hard lifts the borderline prompts next to them"),
-    ("plain_response_margin", "plain_response_margin", "the response margin for plain harmful prompts (default: "
-     "--response-margin); 0 only keeps their responses' refusal from falling"),
-    ("safe_raise_weight", "safe_raise_weight", "cost per gap of raising a harmless or borderline prompt's refusal "
-     f"read-out at all (default {S.safe_raise_weight}: only rises above the safe margin cost, besides retention)"),
+    ("slots", "slots", "coupling layer slots (default: 0.6 of the depth, reading the span at 0.25 and 0.42 too)"),
+    ("retention_weight", "retention_weight", f"advanced: weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
+    ("margin", "margin", "where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
+     f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated, the largest of "
+     f"{', '.join(f'{m:g}' for m in S.margin_grid)} whose held-out safe training prompts move at most "
+     "--max-safe-movement)"),
+    ("max_safe_movement", "max_safe_movement", "the calibration's budget: how far the validation rows' harmless "
+     f"and borderline prompts may move, mean squared standardised plane movement (default {S.max_safe_movement})"),
+    ("plain_margin", "plain_margin", f"advanced: the margin for plain harmful prompts (default {S.plain_margin}); "
+     "the model mostly refuses them already, and pushing them hard lifts the borderline prompts next to them"),
+    ("plain_response_margin", "plain_response_margin", "advanced: the response margin for plain harmful prompts "
+     f"(default {S.plain_response_margin}: only keeps their responses' refusal from falling)"),
+    ("safe_raise_weight", "safe_raise_weight", "advanced: cost per gap of raising a harmless or borderline "
+     f"prompt's refusal read-out at all (default {S.safe_raise_weight})"),
     ("response_tokens", "response_tokens", f"train the response-token map on the model's first N response tokens "
      f"(default {S.response_tokens}; 0: responses use t_post's map)"),
     ("response_margin", "response_margin", "how far harmful-like responses' refusal read-out is pushed above "
      f"harmless responses', in t_post harmful-harmless gaps (default {S.response_margin})"),
-    ("read_slots", "read_slots", "with the span context: earlier slots (e.g. 6,10) whose span plane coordinates the "
-     "maps also read; the edit stays at --slots"),
-    ("validation_fraction", "validation_fraction", "share of the training prompts held out of training; "
-     f"train_summary.json reports the objective and read-outs on them (default {S.validation_fraction})"),
+    ("read_slots", "read_slots", "advanced, with the span context: earlier slots (e.g. 6,10) whose span plane "
+     "coordinates the maps also read; the edit stays at --slots (default: with default slots, 0.25 and 0.42 of "
+     "the depth; else none; "" for none)"),
+    ("validation_fraction", "validation_fraction", "share of the training prompts held out of training: the "
+     f"calibration's validation rows (default {S.validation_fraction})"),
 )  # fmt: skip
 
 

@@ -15,8 +15,9 @@ independently and then stacked moved harmless residuals far off: KL 2.7 on the r
 
 from __future__ import annotations
 
+import copy
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +29,13 @@ from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
 from ..errors import HarcError
 from ..model.hooked import HarcModel
-from .datasets import plane_coordinates_dataset, plane_separability, response_coordinates_dataset
+from .datasets import (
+    HARMFUL_LIKE,
+    HARMLESS_LIKE,
+    plane_coordinates_dataset,
+    plane_separability,
+    response_coordinates_dataset,
+)
 from .loop import TrainConfig, train_loop
 from .maps import CouplingIntervention
 from .objective import Margins, fit_slot_objective
@@ -36,20 +43,45 @@ from .objective import Margins, fit_slot_objective
 log = logging.getLogger(__name__)
 
 
+# Default depths, as fractions of the model's blocks: the coupled slot, and the earlier slots whose span
+# the maps also read. A relative rule, not a layer number: on the 0.5B model (24 blocks) they give slot
+# 14 and read slots 6, 10, where the coupling was measured; the 1.5B model (28 blocks) gets 17, and 7, 12.
+# The directions' own pick is no guide here: on small models no candidate passes Arditi's filters, and the
+# relaxed pick sits late (slot 18 of 24), where a single coupling barely moves behaviour (design notes).
+COUPLING_DEPTH = 0.6
+READ_DEPTHS = (0.25, 0.42)
+
+
+def default_slots(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(coupled slots, read slots) at `COUPLING_DEPTH` and `READ_DEPTHS` of a model with `n_layers` blocks."""
+    slot = min(max(round(COUPLING_DEPTH * n_layers), 1), n_layers - 1)
+    reads = sorted({round(f * n_layers) for f in READ_DEPTHS} - {slot})
+    return (slot,), tuple(r for r in reads if 0 <= r < slot)
+
+
 @dataclass(frozen=True)
 class SubspaceConfig:
-    slots: tuple[int, ...] | None = None  # None: the directions' selected layer
+    """What most users touch: `slots` (default: 0.6 of the depth), `margin` (default: calibrated),
+    `max_safe_movement` (the calibration's budget for safe prompts) and `response_tokens`. The rest are
+    advanced: each default is a rule measured on the real model (docs/design.md), not a per-model value."""
+
+    slots: tuple[int, ...] | None = None  # None: `default_slots`
     hidden: int = 32
-    margin: float = 0.8  # harmful-like prompts reach 80% of the way to the plain-harmful mean
+    # Where harmful-like prompts must reach (1 = the plain-harmful mean). None: calibrated per slot on the
+    # validation rows: the largest of `margin_grid` whose safe prompts (harmless and borderline) move at
+    # most `max_safe_movement` (mean ‖Δz/σ‖², t_post and response tokens), the smallest if none does.
+    margin: float | None = None
+    margin_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0)
+    max_safe_movement: float = 0.6
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
     # Cost per gap of raising a harmless/borderline prompt's refusal read-out at all (the mirror of the
     # harmful-like "lowering costs"). The margin hinge is free below `safe_margin`, and retention is
-    # quadratic, so small rises on prompts the model answers only just were nearly free.
-    safe_raise_weight: float = 0.0
+    # quadratic, so without it small rises on prompts the model answers only just were nearly free.
+    safe_raise_weight: float = 3.0
     # Plain harmful prompts' margin (None: `margin`). The model already refuses them mostly, and they sit
     # next to the borderline prompts in the plane, so pushing them as hard as the attacked prompts
     # (jailbreaks, white-box suppression) lifts the borderline prompts with them.
-    plain_margin: float | None = None
+    plain_margin: float | None = 0.8
     # 10 left the map a no-op on the real 0.5B model (eval unchanged); 1 moved ASR at harmless KL 0.06.
     retention_weight: float = 1.0
     # One map per span position (t_inst, each template-suffix token; responses use t_post's) instead of
@@ -63,8 +95,9 @@ class SubspaceConfig:
     # harmless responses' mean; harmless-like ones are held below `safe_margin` with retention.
     response_tokens: int = 8
     response_margin: float = 1.0
-    # Plain harmful prompts' response margin (None: `response_margin`), for the same reason as `plain_margin`.
-    plain_response_margin: float | None = None
+    # Plain harmful prompts' response margin (None: `response_margin`); 0 only keeps their responses'
+    # refusal from falling: pushing them lifted the borderline responses they cannot be told from.
+    plain_response_margin: float | None = 0.0
     # t_post's and the response map also read the plane coordinates of the whole template span
     # (t_inst … t_post); the other span tokens are left unedited, except with position maps, where
     # every span token is edited and reads the span up to itself. At t_post a harmful prompt whose refusal
@@ -76,10 +109,11 @@ class SubspaceConfig:
     # plane): a prompt that looks harmless in one layer's plane is often told apart by where its span sat
     # a few layers earlier. On the real 0.5B model, jailbreak vs harmless AUROC of a linear read of the
     # span rises from 0.88 (slot 14) to 0.97 (slots 6, 10, 14) (design notes). The edit stays at `slots`.
-    read_slots: tuple[int, ...] = ()
-    # Share of each condition's cached prompts held out of training; the summary reports the objective
-    # and read-outs on them, to calibrate margins and retention without touching evaluation prompts.
-    validation_fraction: float = 0.0
+    # None: `default_slots` (with default `slots`; none otherwise); () reads none.
+    read_slots: tuple[int, ...] | None = None
+    # Share of each condition's cached prompts held out of training: the calibration's validation rows;
+    # the summary reports the objective and read-outs on them. Evaluation prompts are never among them.
+    validation_fraction: float = 0.25
     batch_per_condition: int = 64
     train: TrainConfig = TrainConfig(steps=1500, lr=1e-2, checkpoint_every=250, log_every=50)
     batch_size: int = 16  # forward batches when caching coordinates
@@ -92,6 +126,23 @@ class SubspaceConfig:
             raise HarcError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if self.hidden < 1 or self.batch_per_condition < 1 or self.batch_size < 1:
             raise HarcError("hidden, batch_per_condition and batch_size must be positive")
+        if self.margin is None and (not self.validation_fraction or not self.margin_grid):
+            raise HarcError(
+                "calibrating the margin needs validation rows and candidates: set validation_fraction > 0 "
+                "and a margin_grid, or give a margin"
+            )
+
+    def resolved(self, n_layers: int) -> SubspaceConfig:
+        """This config with the slot rules applied for a model of `n_layers` blocks: default slots read the
+        span at `READ_DEPTHS` too (span-reading maps only); slots given without read slots read none."""
+        slots, reads = default_slots(n_layers)
+        if self.slots is not None or not self.span_context:
+            reads = ()
+        return replace(
+            self,
+            slots=slots if self.slots is None else tuple(self.slots),
+            read_slots=reads if self.read_slots is None else tuple(self.read_slots),
+        )
 
 
 def train_subspace(
@@ -104,8 +155,9 @@ def train_subspace(
 ) -> CouplingIntervention:
     """Train the confined coupling and save it to `out_dir` (coupling.safetensors + coupling.json)."""
     out_dir = Path(out_dir)
-    slots = config.slots or (d.selected_layer,)
-    if any(s is None or not 0 <= s < model.n_layers for s in slots):
+    config = config.resolved(model.n_layers)
+    slots = config.slots
+    if not slots or any(not 0 <= s < model.n_layers for s in slots):
         raise HarcError(f"coupling slots must be block inputs 0..{model.n_layers - 1}, got {slots}")
     d.check_model(model)
     coupling = new_coupling(model, d, tuple(sorted(slots)), config)
@@ -129,6 +181,10 @@ def train_subspace(
             str(s): st["log"][-1] if st["log"] else None for s, st in zip(slots, stages, strict=True)
         },
         "objective": {str(s): st["objective"] for s, st in zip(slots, stages, strict=True)},
+        "margin": {str(s): st["margin"] for s, st in zip(slots, stages, strict=True)},
+        "calibration": {
+            str(s): st["calibration"] for s, st in zip(slots, stages, strict=True) if st["calibration"]
+        },
         "trained": now(),
         "provenance": provenance(model),
     }
@@ -157,7 +213,7 @@ def new_coupling(
         n_span=n_span if config.span_context else 0,
         # A shared span-reading map edits t_post only; position maps edit every span token.
         first_edited_role=n_span - 1 if config.span_context and not config.position_maps else 0,
-        read_slots=tuple(sorted(config.read_slots)),  # checked by the coupling, before any forward pass
+        read_slots=tuple(sorted(config.read_slots or ())),  # checked by the coupling, before any forward pass
     )
 
 
@@ -227,10 +283,13 @@ def train_slot(
 ) -> dict:
     """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
     read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
-    2] (NaN past a response's end), the same prompts in the same order. Returns what the coupling's
-    metadata records: separability, standardisation, example counts, the objective at init, trained and
-    on the validation rows, and the training log."""
-    slot, plane_map = coupling.slots[k], coupling.maps[k]
+    2] (NaN past a response's end), the same prompts in the same order. Without a `margin`, one map per
+    candidate of `margin_grid` trains on the training rows and `pick_margin` keeps one by how far the
+    validation rows' safe prompts move (each candidate's checkpoint under `out_dir/calibration/`).
+    Returns what the coupling's metadata records: the margin and the calibration behind it,
+    separability, standardisation, example counts, the objective at init, trained and on the validation
+    rows, and the training log."""
+    slot = coupling.slots[k]
     train_rows, val_rows = split_rows(coords, config.validation_fraction, config.train.seed)
     held_out = {name: z[val_rows[name]] for name, z in coords.items() if len(val_rows[name])}
     held_out_responses = {
@@ -239,6 +298,63 @@ def train_slot(
     coords = {name: z[train_rows[name]] for name, z in coords.items()}
     if responses is not None:
         responses = {name: z[train_rows[name]] for name, z in responses.items()}
+    calibrating = config.margin is None
+    trials = []
+    for margin in config.margin_grid if calibrating else (config.margin,):
+        plane_map = copy.deepcopy(coupling.maps[k])  # the untrained map: every candidate starts alike
+        where = out_dir / "calibration" / f"margin_{margin:g}" if calibrating else out_dir
+        trial = _fit_map(
+            plane_map, d, slot, coords, responses, replace(config, margin=margin), where, progress
+        )
+        if held_out:
+            trial["objective"]["validation"] = trial["fit"].summary(held_out, held_out_responses)
+        trials.append((margin, plane_map, trial))
+    calibration = None
+    if calibrating:
+        candidates = [
+            {"margin": m, "safe_movement": safe_movement(t["objective"]["validation"])} | attacked_readouts(t)
+            for m, _, t in trials
+        ]
+        margin, met = pick_margin(candidates, config.max_safe_movement)
+        if not met:
+            log.warning(
+                "slot %d: every margin moved the validation safe prompts by more than %g; kept the smallest",
+                slot,
+                config.max_safe_movement,
+            )
+        calibration = {
+            "rule": f"largest margin whose validation harmless and borderline prompts move at most "
+            f"{config.max_safe_movement} (mean ||dz/sigma||^2 at t_post and response tokens)",
+            "met": met,
+            "candidates": candidates,
+        }
+    else:
+        margin = config.margin
+    _, plane_map, trial = next(t for t in trials if t[0] == margin)
+    coupling.maps[k].load_state_dict(plane_map.state_dict())
+    objective = trial.pop("fit")
+    valid = {name: ~torch.isnan(z[..., 0]) for name, z in (responses or {}).items()}
+    this_slot = {name: z[:, -1:] for name, z in coords.items()}
+    return trial | {
+        "margin": margin,
+        "calibration": calibration,
+        "separability": plane_separability(this_slot, (slot,), seed=config.train.seed),
+        "standardisation": {
+            "response_lo": None if objective.resp_lo is None else float(objective.resp_lo),
+            "lo": objective.lo.tolist(),
+            "hi": objective.hi.tolist(),
+            "separation": objective.separation.tolist(),
+            "constrained": objective.reads.tolist(),
+        },
+        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()}
+        | {f"{name}_response_tokens": int(v.sum()) for name, v in valid.items()}
+        | {f"{name}_validation": int(z.shape[0]) for name, z in held_out.items()},
+    }
+
+
+def _fit_map(plane_map, d, slot, coords, responses, config: SubspaceConfig, out_dir: Path, progress) -> dict:
+    """Standardise and train one map (in place) at `config.margin`: {fit (the objective), objective
+    (at init and trained), log}."""
     objective = fit_slot_objective(
         plane_map, d, slot, coords, responses, Margins.of(config), config.min_separation
     )
@@ -254,26 +370,31 @@ def train_slot(
         )
 
     at_init = objective.summary(coords, responses or {})
-    this_slot = {name: z[:, -1:] for name, z in coords.items()}
-    separability = plane_separability(this_slot, (slot,), seed=config.train.seed)
     settings = {"slot": slot, **asdict(config)}
     log_rows = train_loop(plane_map, loss_fn, config.train, out_dir, progress=progress, settings=settings)
-    report = {"at_init": at_init, "trained": objective.summary(coords, responses or {})}
-    if held_out:
-        report["validation"] = objective.summary(held_out, held_out_responses)
-    valid = {name: ~torch.isnan(z[..., 0]) for name, z in (responses or {}).items()}
-    return {
-        "separability": separability,
-        "standardisation": {
-            "response_lo": None if objective.resp_lo is None else float(objective.resp_lo),
-            "lo": objective.lo.tolist(),
-            "hi": objective.hi.tolist(),
-            "separation": objective.separation.tolist(),
-            "constrained": objective.reads.tolist(),
-        },
-        "n_examples": {name: int(z.shape[0]) for name, z in coords.items()}
-        | {f"{name}_response_tokens": int(v.sum()) for name, v in valid.items()}
-        | {f"{name}_validation": int(z.shape[0]) for name, z in held_out.items()},
-        "objective": report,
-        "log": log_rows,
-    }
+    trained = objective.summary(coords, responses or {})
+    return {"fit": objective, "objective": {"at_init": at_init, "trained": trained}, "log": log_rows}
+
+
+def safe_movement(summary: dict) -> float:
+    """The most any safe condition (harmless, borderline) moves in an objective summary: mean
+    ‖(f(z) − z) / σ‖² at t_post or over response tokens, whichever is larger."""
+    rows = [summary["refusal_readouts"][n] for n in HARMLESS_LIKE if n in summary["refusal_readouts"]]
+    if not rows:
+        raise HarcError("no harmless or borderline validation rows to calibrate the margin on")
+    return max(max(r["t_post_movement"], r.get("response_movement", 0.0)) for r in rows)
+
+
+def attacked_readouts(trial: dict) -> dict:
+    """Validation t_post refusal read-outs after the map, per harmful-like condition (for the record)."""
+    read = trial["objective"]["validation"]["refusal_readouts"]
+    return {f"{n}_t_post": read[n]["t_post"][1] for n in HARMFUL_LIKE if n in read}
+
+
+def pick_margin(candidates: list[dict], max_movement: float) -> tuple[float, bool]:
+    """(margin, whether it met the rule): the largest candidate margin whose `safe_movement` is at most
+    `max_movement`; the smallest margin when none is."""
+    ok = [c["margin"] for c in candidates if c["safe_movement"] <= max_movement]
+    if ok:
+        return max(ok), True
+    return min(c["margin"] for c in candidates), False

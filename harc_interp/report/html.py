@@ -119,6 +119,50 @@ def plane_section(run_dir: Path, geometry: dict, rel: str = "plane") -> str:
     return "\n".join(parts)
 
 
+def coupling_section(c: dict) -> str:
+    """The confined coupling with its calibrated defaults: base vs coupled on held-out prompts, the
+    calibration behind the margin, and the verify verdict."""
+    base, tuned = c["base"], c["coupled"]
+    rows = [
+        ["mean jailbreak success", base["mean_asr"], tuned["mean_asr"]],
+        *[[f"  {k}", base["asr_by_class"][k], v] for k, v in tuned["asr_by_class"].items()],
+        ["plain harmful success", base["plain_harmful_asr"], tuned["plain_harmful_asr"]],
+        ["success, v_ref ablated upstream", base["v_ref_ablated_upstream_asr"], tuned["v_ref_ablated_upstream_asr"]],
+        ["success, v_harm ablated upstream", base["v_harm_ablated_upstream_asr"], tuned["v_harm_ablated_upstream_asr"]],
+        ["over-refusal (greedy)", base["over_refusal"], tuned["over_refusal"]],
+        ["over-refusal (sampled)", base["over_refusal_sampled"], tuned["over_refusal_sampled"]],
+        ["harmless refusal", base["harmless_refusal"], tuned["harmless_refusal"]],
+        ["harmless KL at t_post", base["harmless_kl"], tuned["harmless_kl"]],
+        ["harmless KL over answers", base["harmless_response_kl"], tuned["harmless_response_kl"]],
+    ]  # fmt: skip
+    calibration = [
+        [slot, cand["margin"], cand["safe_movement"], "picked" if cand["margin"] == c["margin"][slot] else ""]
+        for slot, cal in c["calibration"].items()
+        for cand in cal["candidates"]
+    ]
+    v = c["verify"]
+    where = "; ".join(
+        f"slot {s}: " + ", ".join(f"{g} {x:.1e}" for g, x in groups.items())
+        for s, groups in v["by_slot"].items()
+    )
+    n = c["n_eval"]
+    return "".join(
+        [
+            "<h2>Confined coupling (defaults only)</h2>",
+            f"<p>Coupled slot(s) {c['slots']}, reading the span at {c['read_slots'] or 'no earlier slots'} too; "
+            f"margin per slot {c['margin']} (calibrated on validation rows of the training split). Held out: "
+            f"{n['jailbreaks']} jailbreaks, {n['harmful']} harmful, {n['borderline']} borderline, "
+            f"{n['harmless']} harmless prompts.</p>",
+            _table(rows, ["held out", "base", "coupled"]),
+            "<h3>Margin calibration (validation rows)</h3>",
+            _table(calibration, ["slot", "margin", "safe-prompt movement", ""]),
+            f"<h3>Verify</h3><p><b>{'confined' if v['confined'] else 'NOT confined'}</b> to the plane at "
+            f"slot(s) {v['checked_slots']} (tolerance {v['tolerance']:g}, relative out-of-plane change, worst "
+            f"per position group: {html.escape(where)}).</p>",
+        ]
+    )
+
+
 def write_report(run_dir: str | Path, summary: dict, sections: list[str]) -> Path:
     """Write `run_dir/report.html` from a summary and pre-rendered sections (atomic)."""
     run_dir = Path(run_dir)

@@ -1,23 +1,30 @@
-"""Chains the stages into the main job: directions → the plane with attack classes → figures, summary
-and report. Later stages (coupling, verification, evaluation) plug in here as they land."""
+"""Chains the stages into the main job, one per claim: directions → the plane with attack classes → the
+confined coupling with its calibrated defaults, evaluated base vs coupled on held-out prompts and
+verified → figures, summary and report."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from ..artifacts import now, provenance, stamp_schema, versions, write_json
+from ..artifacts import cached_json, now, provenance, stamp_schema, versions, write_json
 from ..capture.judges import DEFAULT_JUDGE, Judge
-from ..data.prompts import PromptSet, starter_prompts
+from ..coupling.load import load_intervention
+from ..coupling.maps import CouplingIntervention
+from ..coupling.subspace import SubspaceConfig, train_subspace
+from ..data.prompts import PromptSet, safety_splits, starter_prompts
 from ..directions.artifact import Directions
 from ..directions.stage import DirectionsConfig, extract_directions
+from ..evaluation.safety import EvalConfig, evaluate_safety
+from ..evaluation.verify import confinement_report
 from ..model.hooked import HarcModel, load_model
 from ..model.offline import DEFAULT_MODEL
 from ..plane.stage import PlaneConfig, PlaneResult, run_plane
 from ..plane.study import study_prompts
 from .figures import write_directions_figures, write_plane_figures
-from .html import directions_section, plane_section, write_report
+from .html import coupling_section, directions_section, plane_section, write_report
 
 
 def run_main(
@@ -32,12 +39,14 @@ def run_main(
     batch_size: int = 16,
     dtype: str = "float32",
     device: str = "cpu",
+    coupling: bool = True,
     progress: bool = True,
 ) -> dict:
     """The main job: directions (with probes, selection and causal checks) from the harmful and
     harmless prompts (default: the built-in starter sets), the plane with plain, borderline and attack
-    prompts not used for the directions, `summary.json` and `report.html`. Resumable: rerunning with
-    the same settings reuses the finished directions stage."""
+    prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`),
+    `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
+    stage."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     m = load_model(model, dtype=dtype, device=device, progress=progress) if isinstance(model, str) else model
@@ -72,11 +81,127 @@ def run_main(
     plane = run_plane(m, d, study, out_dir / "plane", plane_config, judge=judge, progress=progress)
     write_plane_figures(plane, out_dir / "plane", d)
     timings["plane"] = time.perf_counter() - t
+    coupled = None
+    if coupling:
+        t = time.perf_counter()
+        sets = (harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks"))
+        coupled = run_coupling(m, d, *sets, out_dir, judge=judge, batch_size=batch_size, progress=progress)
+        timings["coupling"] = time.perf_counter() - t
     summary = main_summary(m, d, plane, out_dir, timings)
+    if coupled is not None:
+        summary["coupling"] = coupled
+        summary["artifacts"]["coupling"] = str(out_dir / "coupling")
     write_json(out_dir / "summary.json", stamp_schema(summary, "main_summary", 1))
     geometry = plane.geometry["oblique"].to_dict()
-    write_report(out_dir, summary, [directions_section(out_dir, d), plane_section(out_dir, geometry)])
+    sections = [directions_section(out_dir, d), plane_section(out_dir, geometry)]
+    if coupled is not None:
+        sections.append(coupling_section(coupled))
+    write_report(out_dir, summary, sections)
     return summary
+
+
+def run_coupling(
+    model: HarcModel,
+    d: Directions,
+    harmful: PromptSet,
+    harmless: PromptSet,
+    borderline: PromptSet,
+    attacks: PromptSet,
+    out_dir: Path,
+    *,
+    judge: Judge = DEFAULT_JUDGE,
+    batch_size: int = 16,
+    samples: int = 4,
+    progress: bool = True,
+) -> dict:
+    """The fourth claim: the confined coupling with its defaults only (slots by relative depth, margin
+    calibrated on validation rows of the training split), trained in `out_dir/coupling`; the plain and
+    the coupled model evaluated on the held-out split (`out_dir/eval/{base,coupled}.json`, every judged
+    response beside them), and `harc verify`'s check at prompt and response tokens
+    (`out_dir/verify.json`). Each step is cached, so a rerun resumes. Returns the report's numbers."""
+    train, held_out = safety_splits(harmful, harmless, borderline, attacks, max_per_class=8)
+    trained = train_subspace(
+        model, d, train, out_dir / "coupling", SubspaceConfig(batch_size=batch_size), progress=progress
+    )
+    slot = trained.slots[0]
+    eval_config = EvalConfig(batch_size=batch_size, samples=samples)
+    key = {"fingerprint": model.fingerprint, "eval": held_out_ids(held_out), "config": asdict(eval_config)}
+    sets = {
+        "jailbreaks": held_out["jailbreaks"],
+        "harmful": held_out["harmful"],
+        "borderline": held_out["borderline"],
+        "harmless": held_out["harmless"],
+    }
+    with load_intervention(model, out_dir / "coupling") as (tuned, base):
+        results = {
+            side: cached_json(
+                out_dir / "eval" / f"{side}.json",
+                lambda variant=variant, side=side: evaluate_safety(
+                    model,
+                    **sets,
+                    directions=d,
+                    attack_slot=slot,  # the same white-box attacks for both sides
+                    tuned=variant,
+                    base=base,
+                    judge=judge,
+                    config=eval_config,
+                    responses_path=out_dir / "eval" / f"responses_{side}.json",
+                    progress=progress,
+                ),
+                key=key | {"side": side, "coupling": trained.meta["trained"]},
+            )
+            for side, variant in (("base", base), ("coupled", tuned))
+        }
+        verify = cached_json(
+            out_dir / "verify.json",
+            lambda: confinement_report(
+                model,
+                d,
+                {"harmful": held_out["harmful"], "harmless": held_out["harmless"]},
+                base=base,
+                tuned=tuned,
+                intervened_slots=trained.slots,
+                n_null=50,
+                batch_size=batch_size,
+                progress=progress,
+            ),
+            key=key | {"coupling": trained.meta["trained"]},
+        )
+    return coupling_summary(trained, results, verify)
+
+
+def held_out_ids(sets: dict[str, PromptSet]) -> dict[str, list[str]]:
+    return {name: list(ps.ids) for name, ps in sets.items()}
+
+
+def coupling_summary(coupling: CouplingIntervention, results: dict[str, dict], verify: dict) -> dict:
+    """What the report shows of the coupling: the calibrated choices, base vs coupled, the verdict."""
+    rows = {}
+    for side, r in results.items():
+        wb = r.get("white_box_asr", {})
+        rows[side] = {
+            "mean_asr": r["mean_asr"],
+            "asr_by_class": r["asr_by_class"],
+            "plain_harmful_asr": r["plain_harmful_asr"],
+            "v_ref_ablated_upstream_asr": wb.get("v_ref_ablated_upstream"),
+            "v_harm_ablated_upstream_asr": wb.get("v_harm_ablated_upstream"),
+            "over_refusal": r["over_refusal"],
+            "over_refusal_sampled": r.get("over_refusal_sampled"),
+            "harmless_refusal": r["harmless_refusal"],
+            "harmless_kl": r["harmless_kl"],
+            "harmless_response_kl": r["harmless_response_kl"],
+        }
+    verdict = verify["verdict"]
+    return {
+        "slots": list(coupling.slots),
+        "read_slots": list(coupling.read_slots),
+        "margin": coupling.meta["margin"],
+        "calibration": coupling.meta["calibration"],
+        "n_eval": results["coupled"]["n"],
+        "base": rows["base"],
+        "coupled": rows["coupled"],
+        "verify": {k: verdict[k] for k in ("confined", "tolerance", "checked_slots", "by_slot")},
+    }
 
 
 def main_summary(model: HarcModel, d: Directions, plane: PlaneResult, out_dir: Path, timings: dict) -> dict:
