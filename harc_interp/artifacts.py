@@ -134,7 +134,9 @@ def cached_tensors(
     path: str | Path, key: object, compute: Callable[[], dict[str, torch.Tensor]]
 ) -> dict[str, torch.Tensor]:
     """Tensors at `path` (safetensors) when its sidecar `path.json` holds the same `key`, else
-    `compute()` saved with that key: the resume rule for cached tensors (e.g. plane coordinates)."""
+    `compute()` saved with that key: the resume rule for cached tensors (e.g. plane coordinates). A fresh
+    result is returned as it reads back (contiguous), so a first run and its resume compute downstream
+    statistics in the same summation order and reach bit-identical results."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if path.is_file() and sidecar.is_file() and read_json(sidecar) == _jsonable(key):
@@ -142,7 +144,7 @@ def cached_tensors(
     tensors = compute()
     save_tensors(path, tensors)
     write_json(sidecar, key)
-    return tensors
+    return load_tensors(path)
 
 
 def _jsonable(obj):

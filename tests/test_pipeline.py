@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import zlib
 
+from harc_interp.coupling.loop import TrainConfig
+from harc_interp.coupling.subspace import SubspaceConfig
 from harc_interp.directions.stage import DirectionsConfig
 from harc_interp.report.pipeline import run_main
 
@@ -23,9 +25,12 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     )
     tokens = tiny.tokenizer("I As", add_special_tokens=False)["input_ids"]
     judge = lambda r: zlib.crc32(r.encode()) % 2 == 0  # noqa: E731  stand-in: a random model never refuses
-    summary = run_main(
-        tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
+    # The defaults but for a short training: the calibration still trains one map per candidate margin.
+    coupling = SubspaceConfig(train=TrainConfig(steps=100, lr=1e-2, checkpoint_every=50, log_every=25))
+    kwargs = dict(
+        directions_config=cfg, judge=judge, refusal_tokens=tokens, coupling_config=coupling, progress=False
     )
+    summary = run_main(tiny, tmp_path, **kwargs)
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["directions"]["selected_layer"] == summary["directions"]["selected_layer"]
     groups = on_disk["plane"]["groups"]
@@ -48,10 +53,14 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     assert "Confined coupling (defaults only)" in page and "Margin calibration" in page
     for f in ("coupling/coupling.json", "eval/base.json", "eval/responses_coupled.json", "verify.json"):
         assert (tmp_path / f).is_file(), f
-    again = run_main(
-        tiny, tmp_path, directions_config=cfg, judge=judge, refusal_tokens=tokens, progress=False
-    )
+    evaluated = {
+        f: (tmp_path / f).stat().st_mtime_ns for f in ("eval/base.json", "eval/coupled.json", "verify.json")
+    }
+    again = run_main(tiny, tmp_path, **kwargs)
     assert again["directions"] == summary["directions"]
+    assert json.loads(json.dumps(again["coupling"])) == on_disk["coupling"]
+    # The rerun resumed: the coupling's training ended in the same weights, so no evaluation ran again.
+    assert {f: (tmp_path / f).stat().st_mtime_ns for f in evaluated} == evaluated
 
     # Every JSON artifact names its schema and carries its provenance.
     for path, schema in (

@@ -15,6 +15,7 @@ orthogonal to the plane is untouched.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -331,6 +332,14 @@ class CouplingIntervention(nn.Module):
         """Run the model with the coupling; the model is exactly restored on exit."""
         with model.hooks(self.hooks(model)):
             yield model
+
+    def weights_digest(self) -> str:
+        """A hash of the trained weights: what a cached evaluation of this coupling is keyed on (a
+        retrain or a resume that ends in the same weights keeps the cache; different weights do not)."""
+        digest = hashlib.sha256()
+        for name, v in sorted(self.state_dict().items()):
+            digest.update(name.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def save(self, out_dir: str | Path) -> Path:
         out_dir = Path(out_dir)

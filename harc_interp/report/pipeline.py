@@ -40,11 +40,13 @@ def run_main(
     dtype: str = "float32",
     device: str = "cpu",
     coupling: bool = True,
+    coupling_config: SubspaceConfig | None = None,
     progress: bool = True,
 ) -> dict:
     """The main job: directions (with probes, selection and causal checks) from the harmful and
     harmless prompts (default: the built-in starter sets), the plane with plain, borderline and attack
-    prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`),
+    prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`; its
+    settings `coupling_config`, default `SubspaceConfig` with `batch_size`),
     `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
     stage."""
     out_dir = Path(out_dir)
@@ -85,7 +87,8 @@ def run_main(
     if coupling:
         t = time.perf_counter()
         sets = (harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks"))
-        coupled = run_coupling(m, d, *sets, out_dir, judge=judge, batch_size=batch_size, progress=progress)
+        config = coupling_config or SubspaceConfig(batch_size=batch_size)
+        coupled = run_coupling(m, d, *sets, out_dir, judge=judge, config=config, progress=progress)
         timings["coupling"] = time.perf_counter() - t
     summary = main_summary(m, d, plane, out_dir, timings)
     if coupled is not None:
@@ -110,7 +113,7 @@ def run_coupling(
     out_dir: Path,
     *,
     judge: Judge = DEFAULT_JUDGE,
-    batch_size: int = 16,
+    config: SubspaceConfig | None = None,
     samples: int = 4,
     progress: bool = True,
 ) -> dict:
@@ -120,25 +123,19 @@ def run_coupling(
     response beside them), and `harc verify`'s check at prompt and response tokens
     (`out_dir/verify.json`). Each step is cached, so a rerun resumes. Returns the report's numbers."""
     train, held_out = safety_splits(harmful, harmless, borderline, attacks, max_per_class=8)
-    trained = train_subspace(
-        model, d, train, out_dir / "coupling", SubspaceConfig(batch_size=batch_size), progress=progress
-    )
-    slot = trained.slots[0]
+    config = config or SubspaceConfig()
+    trained = train_subspace(model, d, train, out_dir / "coupling", config, progress=progress)
+    slot, weights = trained.slots[0], trained.weights_digest()
+    batch_size = config.batch_size
     eval_config = EvalConfig(batch_size=batch_size, samples=samples)
     key = {"fingerprint": model.fingerprint, "eval": held_out_ids(held_out), "config": asdict(eval_config)}
-    sets = {
-        "jailbreaks": held_out["jailbreaks"],
-        "harmful": held_out["harmful"],
-        "borderline": held_out["borderline"],
-        "harmless": held_out["harmless"],
-    }
     with load_intervention(model, out_dir / "coupling") as (tuned, base):
         results = {
             side: cached_json(
                 out_dir / "eval" / f"{side}.json",
                 lambda variant=variant, side=side: evaluate_safety(
                     model,
-                    **sets,
+                    **held_out,
                     directions=d,
                     attack_slot=slot,  # the same white-box attacks for both sides
                     tuned=variant,
@@ -148,7 +145,7 @@ def run_coupling(
                     responses_path=out_dir / "eval" / f"responses_{side}.json",
                     progress=progress,
                 ),
-                key=key | {"side": side, "coupling": trained.meta["trained"]},
+                key=key | {"side": side, "coupling": weights},
             )
             for side, variant in (("base", base), ("coupled", tuned))
         }
@@ -165,7 +162,7 @@ def run_coupling(
                 batch_size=batch_size,
                 progress=progress,
             ),
-            key=key | {"coupling": trained.meta["trained"]},
+            key=key | {"coupling": weights},
         )
     return coupling_summary(trained, results, verify)
 
