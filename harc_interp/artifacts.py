@@ -28,6 +28,7 @@ _ST_DTYPES = {
 
 
 def versions() -> dict[str, str]:
+    """Installed versions of harc-interp, torch, transformers and transformer-lens (for provenance)."""
     out = {}
     for pkg in ("harc-interp", "torch", "transformers", "transformer-lens"):
         try:
@@ -73,10 +74,12 @@ def provenance(model=None, **extra) -> dict:
 
 
 def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def tmp_beside(path: Path) -> Path:
+    """A fresh temporary file next to `path` (same folder, so the final rename is atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -105,6 +108,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
 
 
 def read_json(path: str | Path) -> dict | list:
+    """A JSON artifact; `HarcError` naming the file when it is missing, corrupt or truncated."""
     path = Path(path)
     if not path.is_file():
         raise HarcError(f"{path} is missing")
@@ -165,6 +169,8 @@ def save_tensors(
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors artifact as {name: tensor}; `HarcError` naming the file when it is missing, corrupt or
+    truncated."""
     path = Path(path)
     if not path.is_file():
         raise HarcError(f"{path} is missing")

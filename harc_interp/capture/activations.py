@@ -85,6 +85,7 @@ class Activations:
     meta: dict
 
     def at(self, layer: int, position: str) -> Float[Tensor, "prompt d_model"]:
+        """Residuals [prompt, d_model] at one cached layer slot and position."""
         if layer not in self.layers:
             raise HarcError(f"layer slot {layer} was not cached; cached slots: {self.layers}")
         if position not in self.positions:
@@ -105,6 +106,7 @@ class Activations:
 
 
 def position_names(positions: Sequence[str], n_post: int) -> list[str]:
+    """Position names as cached: `post_instruction` expands to one `post_k` per template-suffix token."""
     names = []
     for p in positions:
         names += [f"post_{k}" for k in range(n_post)] if p == "post_instruction" else [p]

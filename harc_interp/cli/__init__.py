@@ -15,6 +15,7 @@ from .common import check_output, record_output
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `harc` argument parser: one subcommand per verb (the CLI reference page is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="harc", description="Harmfulness and refusal directions in chat LLMs."
     )
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run `harc` with `argv` (default: the process's); returns the exit status. A `HarcError` prints one
+    line naming the problem, not a traceback."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"

@@ -47,6 +47,8 @@ def default(cls, name: str):
 
 
 def model_args(p: argparse.ArgumentParser) -> None:
+    """The flags every model-loading verb shares: --model, --dtype, --device, --batch-size, --system-
+    prompt, --quiet, --force, --skip-long, --config, --set."""
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -174,6 +176,7 @@ def _coerce(value, hint, where: str):
 
 
 def int_list(text: str | None) -> tuple[int, ...] | None:
+    """Comma-separated layer slots as a tuple (None stays None, '' is empty); `HarcError` on a non-integer."""
     if text is None:
         return None
     try:
@@ -183,10 +186,13 @@ def int_list(text: str | None) -> tuple[int, ...] | None:
 
 
 def str_list(text: str | None) -> tuple[str, ...] | None:
+    """Comma-separated names as a tuple (None stays None, '' is empty)."""
     return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def load_prompt_files(paths: list[str], label: str | None, limit: int | None):
+    """Prompt files (or starter:/hf: specs) concatenated into one set, optionally labelled and sampled down
+    to `limit`; templates alone are an error."""
     from ..data.prompts import load_prompts
 
     sets = [load_prompts(p, label=label) for p in paths]
@@ -310,6 +316,7 @@ def check_output(args) -> None:
 
 
 def record_output(args) -> None:
+    """Mark `--out` as holding a finished run of these arguments (`harc_run.json`)."""
     from ..artifacts import provenance, write_json
 
     write_json(Path(args.out) / RUN_FILE, {"key": run_key(args), "provenance": provenance()})

@@ -22,6 +22,7 @@ from .common import (
 
 
 def add_parsers(sub) -> None:
+    """Add `cache` and `generate`."""
     cache = sub.add_parser("cache", help="cache residuals at layer slots x named positions")
     model_args(cache)
     cache.add_argument(
@@ -85,6 +86,7 @@ def _responses(path: str, ids: list[str]) -> list[str]:
 
 
 def cmd_cache(args: argparse.Namespace) -> dict:
+    """`harc cache`: residuals at the requested slots and positions, written to --out."""
     from ..capture.activations import cache_residuals
 
     ps = load_prompt_files(args.prompts, args.label, args.limit)
@@ -119,6 +121,7 @@ def cmd_cache(args: argparse.Namespace) -> dict:
 
 
 def cmd_generate(args: argparse.Namespace) -> dict:
+    """`harc generate`: greedy generations to --out (never printed)."""
     from ..artifacts import provenance, stamp_schema, write_json, write_jsonl
     from ..capture.generate import generate
 

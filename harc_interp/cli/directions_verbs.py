@@ -24,6 +24,7 @@ D = DirectionsConfig
 
 
 def add_parsers(sub) -> None:
+    """Add `run`, `directions` and `score`."""
     run = sub.add_parser("run", help="the main job on the offline default model (writes OUT/summary.json)")
     model_args(run)
     run.add_argument("--out", default="runs/main")
@@ -137,6 +138,7 @@ def _refusal_tokens(model, text: str | None) -> list[int] | None:
 
 
 def directions_config(args, base: DirectionsConfig | None = None) -> DirectionsConfig:
+    """The `DirectionsConfig` from defaults, --config/--set and the verb's flags."""
     flags = {
         name: getattr(args, name, None)
         for name in (
@@ -153,6 +155,7 @@ def directions_config(args, base: DirectionsConfig | None = None) -> DirectionsC
 
 
 def cmd_directions(args: argparse.Namespace) -> dict:
+    """`harc directions`: the directions stage to --out."""
     from ..directions.stage import extract_directions
     from ..report.figures import write_directions_figures
 
@@ -178,6 +181,7 @@ def cmd_directions(args: argparse.Namespace) -> dict:
 
 
 def cmd_score(args: argparse.Namespace) -> dict:
+    """`harc score`: the saved probes' P(harmful) per slot for new prompts."""
     from pathlib import Path
 
     from ..artifacts import provenance, stamp_schema, write_json, write_jsonl
@@ -224,6 +228,7 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
+    """`harc run`: the main job (`report.pipeline.run_main`)."""
     from ..report.pipeline import run_main
 
     harmful = load_role(args.harmful, "harmful", None) if args.harmful else None

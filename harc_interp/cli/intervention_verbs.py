@@ -73,6 +73,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    """Add `train`, `eval` and `verify`."""
     tr = sub.add_parser(
         "train", help="train the coupling: confined plane map (subspace) or the HARC LoRA objective"
     )
@@ -216,6 +217,8 @@ def train_configs(args) -> SubspaceConfig | LoraConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    """`harc train`: the coupling (--mode subspace) or the paper's LoRA objective (--mode lora) on the
+    training split."""
     from ..artifacts import write_json
     from ..coupling.lora import train_lora
     from ..coupling.subspace import train_subspace
@@ -239,6 +242,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
+    """`harc eval`: safety evaluation of the plain model, an intervention or a fixed v_ref push on the
+    evaluation split."""
     from ..artifacts import stamp_schema, write_json
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.safety import evaluate_safety
@@ -312,6 +317,7 @@ def _humaneval(model, variants: dict, args) -> dict:
 
 
 def cmd_verify(args: argparse.Namespace) -> dict:
+    """`harc verify`: is the intervention's change confined to the plane (prompt and response tokens)?"""
     from ..artifacts import stamp_schema, write_json
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.verify import confinement_report

@@ -11,6 +11,7 @@ from .common import model_args
 
 
 def add_parsers(sub) -> None:
+    """Add `judge`."""
     judge = sub.add_parser("judge", help="re-judge a saved responses.json; judge agreement -> OUT/judge.json")
     model_args(judge)  # --model is unused here: judge models come with --judge model:SPEC
     judge.add_argument("--responses", required=True, help="a responses.json written by `harc eval`")
@@ -25,6 +26,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_judge(args: argparse.Namespace) -> dict:
+    """`harc judge`: re-judge a saved responses.json, with agreement against a second judge."""
     from ..artifacts import provenance, read_json, stamp_schema, write_json
     from ..evaluation.judging import agreement, check_responses, make_judge, rejudge
     from ..model.hooked import load_model

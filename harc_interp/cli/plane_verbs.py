@@ -49,6 +49,7 @@ def _plane_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
+    """Add `plane` and `trajectories`."""
     plane = sub.add_parser(
         "plane", help="attack classes on the harmfulness-refusal plane: coords.jsonl, geometry.json, figures"
     )
@@ -124,6 +125,7 @@ def _common_flags(args) -> dict:
 
 
 def cmd_plane(args: argparse.Namespace) -> dict:
+    """`harc plane`: attack classes on the plane at one slot, with figures."""
     from ..plane.stage import run_plane
     from ..report.figures import write_plane_figures
 
@@ -159,6 +161,7 @@ def cmd_plane(args: argparse.Namespace) -> dict:
 
 
 def cmd_trajectories(args: argparse.Namespace) -> dict:
+    """`harc trajectories`: response trajectories on the response-side directions."""
     from ..plane.trajectories import run_trajectories
     from ..report.figures import write_trajectory_figures
 

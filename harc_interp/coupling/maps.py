@@ -96,6 +96,7 @@ class PlaneMap(nn.Module):
 
     @property
     def n_roles(self) -> int:
+        """How many position roles (span tokens, the response) the map has parameters for."""
         return self.mu.shape[0]
 
     def map_index(self, roles: Tensor | None, shape: Sequence[int], device=None) -> Tensor:
@@ -109,6 +110,7 @@ class PlaneMap(nn.Module):
 
     @property
     def n_context(self) -> int:
+        """How many context coordinates (span tokens times read slots) the map reads."""
         return self.context_mu.shape[0]
 
     def forward(
@@ -257,6 +259,7 @@ class CouplingIntervention(nn.Module):
 
     @property
     def n_span(self) -> int:
+        """Template span tokens (t_inst … t_post) a span-reading map reads at each slot."""
         return self.maps[0].n_context // (len(self.read_slots) + 1)
 
     def _span_coordinates(self, basis: Tensor, resid: Tensor, roles: Tensor) -> Tensor:
@@ -295,6 +298,7 @@ class CouplingIntervention(nn.Module):
         return coords[:, None].expand(-1, resid.shape[1], -1, -1)
 
     def hooks(self, model: HarcModel) -> list[tuple[str, HookFn]]:
+        """The hooks that apply the coupling to `model` (checked against the model it was trained on)."""
         if self.meta.get("model_fingerprint") not in (None, model.fingerprint):
             raise HarcError(
                 f"this coupling was trained on model '{self.meta.get('model')}', not on '{model.name}'"
@@ -342,6 +346,7 @@ class CouplingIntervention(nn.Module):
         return digest.hexdigest()[:16]
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write coupling.safetensors and coupling.json to `out_dir` (atomically); returns the folder."""
         out_dir = Path(out_dir)
         save_tensors(
             out_dir / "coupling.safetensors", {k: v.detach().cpu() for k, v in self.state_dict().items()}

@@ -85,9 +85,11 @@ class Margins:
         return cls(**{f: getattr(config, f) for f in cls.__dataclass_fields__})
 
     def for_span(self, name: str) -> float:
+        """The span margin of condition `name` (plain harmful prompts may have their own)."""
         return self.plain_margin if name == "harmful" and self.plain_margin is not None else self.margin
 
     def for_response(self, name: str) -> float:
+        """The response margin of condition `name` (plain harmful prompts may have their own)."""
         if name == "harmful" and self.plain_response_margin is not None:
             return self.plain_response_margin
         return self.response_margin
@@ -130,6 +132,8 @@ class SlotObjective:
         return zr[ok], self.plane_map(zr[ok], context=context)
 
     def span_loss(self, name: str, span: Tensor) -> Tensor:
+        """Span loss per prompt of condition `name`: harmful-like prompts raised to their margin, safe ones
+        kept in place and charged for any rise."""
         zb, mapped = span[:, -1], self.map_span(span)
         before, s = self.standardised(zb), self.standardised(mapped)
         if name in HARMFUL_LIKE:
@@ -143,6 +147,7 @@ class SlotObjective:
         )
 
     def response_loss(self, name: str, zr: Tensor, span: Tensor) -> Tensor:
+        """Response-token loss of condition `name`: the rule of `span_loss` on the response read-out."""
         zr, mapped = self.map_responses(zr, span)
         if not zr.shape[0]:
             return torch.zeros(())

@@ -39,22 +39,27 @@ class ChatPrompt:
 
     @property
     def n_prompt(self) -> int:
+        """Number of prompt tokens (template included)."""
         return len(self.input_ids)
 
     @property
     def t_post(self) -> int:
+        """Index of the last prompt token, where the answer starts."""
         return self.n_prompt - 1
 
     @property
     def post_instruction(self) -> tuple[int, ...]:
+        """Indices of the template suffix after t_inst (t_post is the last)."""
         return tuple(range(self.t_inst + 1, self.n_prompt))
 
     @property
     def response_positions(self) -> tuple[int, ...]:
+        """Indices of the response tokens, if any."""
         return tuple(range(self.n_prompt, self.n_prompt + len(self.response_ids)))
 
     @property
     def all_ids(self) -> tuple[int, ...]:
+        """Prompt then response token ids."""
         return self.input_ids + self.response_ids
 
 
@@ -99,6 +104,8 @@ class ChatFormatter:
         return self._suffix
 
     def render(self, instruction: str) -> str:
+        """The chat template's text for one user turn (with the system prompt if set), ready for the
+        answer."""
         messages = [{"role": "user", "content": instruction}]
         if self.system_prompt is not None:
             messages.insert(0, {"role": "system", "content": self.system_prompt})
@@ -108,6 +115,8 @@ class ChatFormatter:
             raise HarcError(f"the chat template rejected the messages: {e}") from e
 
     def format(self, instruction: str, response: str | Sequence[int] | None = None) -> ChatPrompt:
+        """A `ChatPrompt`: token ids and named positions of `instruction`, with `response` (text or ids)
+        appended if given."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise HarcError(f"empty instruction: {instruction!r}; every prompt needs text")
         text = self.render(instruction)
@@ -188,6 +197,7 @@ class Batch:
 
 
 def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = True) -> Batch:
+    """Left-padded token ids, attention mask, offsets and span roles of a batch of prompts."""
     seqs = [p.all_ids if with_response else p.input_ids for p in prompts]
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -204,6 +214,7 @@ def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = T
 
 
 def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad token, else its eos token; `HarcError` when it has neither."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
         raise HarcError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")

@@ -32,6 +32,7 @@ class Prompt:
     meta: dict = field(default_factory=dict, compare=False)
 
     def field(self, name: str):
+        """A known field by name, or a value from the row's extra columns (`meta`)."""
         return getattr(self, name) if name in _KNOWN else self.meta.get(name)
 
 
@@ -44,6 +45,7 @@ class AttackTemplate:
     method: str | None = None
 
     def fill(self, request: str) -> str:
+        """The attack prompt with `request` in place of the placeholder."""
         return self.template.replace(self.placeholder, request)
 
 
@@ -61,10 +63,12 @@ class PromptSet:
 
     @property
     def texts(self) -> list[str]:
+        """The prompt texts, in order."""
         return [p.prompt for p in self.prompts]
 
     @property
     def ids(self) -> list[str]:
+        """The prompt ids, in order."""
         return [p.id for p in self.prompts]
 
     def where(self, **fields) -> PromptSet:
@@ -89,6 +93,7 @@ class PromptSet:
         return PromptSet(self.name, keep, tuple(t for t in self.templates if t.attack_class in wanted))
 
     def with_label(self, label: str) -> PromptSet:
+        """The same prompts, every one labelled `label`."""
         return PromptSet(self.name, tuple(replace(p, label=label) for p in self.prompts), self.templates)
 
     def sample(self, n: int | None, seed: int = 0) -> PromptSet:
@@ -181,6 +186,8 @@ def _all_json(lines: list[str]) -> bool:
 
 
 def prompts_from_rows(name: str, rows: Iterable[tuple[str, dict]], label: str | None = None) -> PromptSet:
+    """A `PromptSet` from (where, row) pairs: prompts and attack templates, ids unique, errors naming the
+    row."""
     prompts: list[Prompt] = []
     templates: list[AttackTemplate] = []
     seen: set[str] = set()

@@ -54,6 +54,7 @@ class Selection:
         return cls(**{f: row[f] for f in cls.__dataclass_fields__})
 
     def to_json(self) -> dict:
+        """This selection as a JSON-ready dict."""
         return asdict(self)
 
 
@@ -79,6 +80,7 @@ class Directions:
     probes: LinearProbes | None = None
 
     def unit(self, name: str, slot: int) -> Direction:
+        """The unit direction `name` at layer slot `slot`."""
         return self.vectors[self._check(name)][self._row(slot)]
 
     def raw(self, name: str, slot: int) -> Direction:
@@ -86,15 +88,18 @@ class Directions:
         return self.unit(name, slot) * self.norms[name][self._row(slot)]
 
     def grid_raw(self, slot: int, position: str) -> Direction:
+        """The raw (un-normalised) difference in means at `slot` and grid position `position`."""
         j = self.grid_positions.index(position)
         return self.grid[self._row(slot), j] * self.grid_norms[self._row(slot), j]
 
     @property
     def selected_layer(self) -> int | None:
+        """The slot the selection chose, if any."""
         return self.meta.get("selected_layer")
 
     @property
     def selection(self) -> Selection | None:
+        """The selection record (method, candidates, whether filters were relaxed), if any."""
         row = self.meta.get("selection")
         return None if row is None else Selection.from_json(row)
 
@@ -110,6 +115,7 @@ class Directions:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Prompt counts per split and class after filtering."""
         return self.meta.get("counts") or {}
 
     @property
@@ -119,10 +125,12 @@ class Directions:
 
     @property
     def refusal_tokens(self) -> list[int]:
+        """Token ids that start the model's refusals (the refusal score's tokens)."""
         return list(self.meta.get("refusal_tokens") or [])
 
     @property
     def refusal_token_strings(self) -> list[str]:
+        """The refusal tokens as text."""
         return list(self.meta.get("refusal_token_strings") or [])
 
     def training_ids(self) -> set[str]:
@@ -131,6 +139,7 @@ class Directions:
         return {i for k, ids in self.splits.items() if not k.endswith("_test") for i in ids}
 
     def has(self, name: str) -> bool:
+        """Whether direction `name` is in this artifact (the response-side ones are optional)."""
         return name in self.vectors
 
     def _check(self, name: str) -> str:
@@ -146,9 +155,11 @@ class Directions:
         return self.layers.index(slot)
 
     def with_meta(self, **updates) -> Directions:
+        """A copy with `updates` merged into the metadata."""
         return replace(self, meta=self.meta | updates)
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write directions.safetensors and directions.json to `out_dir` (atomically); returns the folder."""
         out_dir = Path(out_dir)
         tensors = {"grid": self.grid, "grid_norms": self.grid_norms}
         for name, v in self.vectors.items():
@@ -206,6 +217,8 @@ class Directions:
         return d
 
     def check_model(self, model, template_hash: str | None = None) -> None:
+        """`HarcError` unless these directions were computed on `model` (weights fingerprint, width and, if
+        given, chat template)."""
         fp = self.meta.get("model_fingerprint")
         if fp is not None and len(fp) == 16:  # before every weight was fingerprinted
             raise HarcError(

@@ -19,17 +19,20 @@ class MeanAccumulator:
         self.count = 0
 
     def add(self, chunk: Tensor) -> None:
+        """Add a chunk of examples [n, …] to the running sum (float64)."""
         part = chunk.double().sum(0)
         self.total = part if self.total is None else self.total + part
         self.count += chunk.shape[0]
 
     def mean(self) -> Tensor:
+        """The mean of everything added so far."""
         if not self.count:
             raise HarcError("cannot take the mean of zero examples")
         return self.total / self.count
 
 
 def mean_of(chunks: Iterable[Tensor]) -> Tensor:
+    """The float64 mean over all examples of a stream of chunks."""
     acc = MeanAccumulator()
     for c in chunks:
         acc.add(c)
@@ -63,4 +66,5 @@ def unit_and_norm(v: Float[Tensor, "*rest d_model"]) -> tuple[Tensor, Tensor]:
 def cosine_per_layer(
     a: Float[Tensor, "layer d_model"], b: Float[Tensor, "layer d_model"]
 ) -> Float[Tensor, " layer"]:
+    """cos(a[l], b[l]) for every layer slot l (computed in float64)."""
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).float()

@@ -122,6 +122,7 @@ class LinearProbes:
         return torch.sigmoid(z @ self.coef[i, j] + self.intercept[i, j])
 
     def tensors(self) -> dict[str, Tensor]:
+        """The probes' parameters as named tensors (saved inside directions.safetensors)."""
         return {
             "probe_mean": self.mean,
             "probe_scale": self.scale,

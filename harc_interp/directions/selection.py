@@ -149,11 +149,13 @@ def harc_layer_scores(directions: Directions, exclude: int = 4) -> list[float | 
 
 
 def top_layers(scores: Sequence[float | None], layers: Sequence[int], k: int) -> list[int]:
+    """The `k` layers with the highest scores (None scores skipped)."""
     ranked = sorted((s, layer) for s, layer in zip(scores, layers, strict=True) if s is not None)
     return [layer for _, layer in ranked[::-1][:k]]
 
 
 def candidates_table(candidates: Sequence[Candidate]) -> list[dict]:
+    """The candidates as JSON-ready rows."""
     return [asdict(c) for c in candidates]
 
 

@@ -87,6 +87,7 @@ class Splits:
     harmless: tuple[PromptSet, PromptSet, PromptSet]
 
     def ids(self) -> dict[str, list[str]]:
+        """Prompt ids per class and split (`harmful_train`, …), as recorded in the artifact."""
         return {
             f"{cls}_{part}": ps.ids
             for cls, sets in (("harmful", self.harmful), ("harmless", self.harmless))

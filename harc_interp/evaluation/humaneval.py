@@ -65,6 +65,8 @@ def program_for(problem: dict, response: str) -> str:
 
 
 def checked_program(problem: dict, response: str) -> str:
+    """The program the sandbox runs: the completed function, the problem's tests and the call that checks
+    it."""
     return f"{program_for(problem, response)}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 

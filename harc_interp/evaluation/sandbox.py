@@ -68,6 +68,7 @@ class SandboxResult:
 
     @property
     def passed(self) -> bool:
+        """Whether the tests ran and passed."""
         return self.status == "passed"
 
 

@@ -41,6 +41,7 @@ def tensors_fingerprint(module: nn.Module) -> str:
 
 
 def weight_files(model_dir: Path) -> list[Path]:
+    """The weight files of a model folder (.safetensors, .bin, .pt, .pth), sorted."""
     return sorted(p for p in model_dir.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
 
 

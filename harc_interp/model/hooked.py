@@ -155,9 +155,13 @@ class HookSite:
     span: Span | None = None
 
     def span_roles(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos] span roles of this residual (-1 outside the span), or None without a span or at a
+        decoding step."""
         return None if self.span is None else self.span.roles_for(resid)
 
     def span_weights(self, resid: torch.Tensor) -> torch.Tensor | None:
+        """[batch, pos, 1] weights, 1 inside the span, or None without a span or at a decoding step (edit
+        every position)."""
         return None if self.span is None else self.span.weights_for(resid)
 
 
@@ -202,10 +206,12 @@ class HarcModel:
 
     @property
     def device(self) -> torch.device:
+        """The device the weights are on."""
         return next(self.hf.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
         return next(self.hf.parameters()).dtype
 
     @cached_property

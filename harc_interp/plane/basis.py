@@ -36,6 +36,7 @@ AXIS_TITLES = {
 
 
 def unit_vector(v: Tensor, name: str, slot: int) -> Tensor:
+    """`v` normalised in float64; `HarcError` when it holds NaN or inf or is zero."""
     v = v.detach().double().cpu()
     norm = v.norm()
     if not torch.isfinite(v).all():
@@ -91,6 +92,7 @@ def plane_basis(
 def basis_from_directions(
     directions: Directions, slot: int, names: tuple[str, str] = ("v_harm", "v_ref")
 ) -> PlaneBasis:
+    """The plane basis at `slot` from the artifact's unit directions (default v_harm, v_ref)."""
     return plane_basis(
         directions.unit(names[0], slot), directions.unit(names[1], slot), slot=slot, names=names
     )
@@ -107,9 +109,11 @@ class PlaneCoordinates:
 
     @property
     def slot(self) -> int:
+        """The layer slot of these coordinates."""
         return self.basis.slot
 
     def at(self, position: str, kind: str = "oblique") -> Float[Tensor, "prompt plane"]:
+        """Coordinates [prompt, 2] at `position` in the `oblique` or `orthonormal` basis."""
         if position not in self.positions:
             raise HarcError(f"position '{position}' has no coordinates; have {self.positions}")
         return self._coords(kind)[:, self.positions.index(position)]

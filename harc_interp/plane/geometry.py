@@ -69,12 +69,14 @@ class PlaneGeometry:
     )
 
     def get(self, name: str) -> ClassGeometry:
+        """The statistics of one class by name."""
         for c in self.classes:
             if c.name == name:
                 return c
         raise HarcError(f"no class '{name}' in this geometry; classes: {[c.name for c in self.classes]}")
 
     def to_dict(self) -> dict:
+        """JSON-ready, classes keyed by name."""
         d = asdict(self)
         d["classes"] = {c["name"]: c for c in d["classes"]}
         return d

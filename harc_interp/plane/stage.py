@@ -54,6 +54,8 @@ class PlaneResult:
 
 
 def resolve_slot(directions: Directions, layer: int | None) -> int:
+    """The slot to study: `layer` if given, else the directions' selected layer, checked against the
+    artifact."""
     slot = directions.selected_layer if layer is None else layer
     if slot is None:
         raise HarcError("the directions artifact has no selected layer: pass a layer slot (--layer)")

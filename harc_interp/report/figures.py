@@ -55,6 +55,7 @@ def metric_curves_figure(
 
 
 def cosine_figure(metrics: dict, title: str = "cos(v_harm, v_ref) per layer, bootstrap 95% CI") -> go.Figure:
+    """cos(v_harm, v_ref) per layer slot with its bootstrap 95% band."""
     layers = metrics["layers"]
     c = metrics["cos_harm_ref"]
     fig = go.Figure(

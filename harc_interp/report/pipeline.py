@@ -168,6 +168,7 @@ def run_coupling(
 
 
 def held_out_ids(sets: dict[str, PromptSet]) -> dict[str, list[str]]:
+    """Prompt ids per held-out set (the evaluation cache's key)."""
     return {name: list(ps.ids) for name, ps in sets.items()}
 
 
