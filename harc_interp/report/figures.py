@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import plotly.graph_objects as go
 
-log = logging.getLogger(__name__)
 
+def write_figure(fig: go.Figure, path_stem: str | Path, static: bool = True) -> list[Path]:
+    """Write `stem.html` (plotly.js stored once beside it, so it opens offline) and, with `static`, the
+    same figure as `stem.png` and `stem.svg` for papers (`static.write_static`: kaleido where a Chrome
+    is present, else matplotlib)."""
+    from .static import write_static
 
-def write_figure(fig: go.Figure, path_stem: str | Path, png: bool = True) -> list[Path]:
-    """Write `stem.html` (plotly.js stored once beside it, so it opens offline) and `stem.png` when a
-    static renderer (kaleido) is available."""
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     html = stem.with_suffix(".html")
     fig.write_html(html, include_plotlyjs="directory")
-    written = [html]
-    if png:
-        try:
-            fig.write_image(stem.with_suffix(".png"))
-            written.append(stem.with_suffix(".png"))
-        except Exception as e:  # no kaleido/Chrome: HTML is the figure of record
-            log.info("PNG not written for %s (%s)", stem.name, e.__class__.__name__)
-    return written
+    return [html, *(write_static(fig, stem) if static else [])]
 
 
 def metric_curves_figure(

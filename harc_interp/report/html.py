@@ -22,10 +22,20 @@ def _fmt(v) -> str:
 
 
 def _figure(run_dir: Path, path: Path, title: str) -> str:
+    """The interactive figure, with links to its static copies (PNG, SVG) where they were written."""
     if not path.is_file():
         return ""
     rel = path.relative_to(run_dir).as_posix()
-    return f'<h3>{html.escape(title)}</h3><iframe src="{rel}" width="100%" height="480" frameborder="0"></iframe>'
+    static = [
+        f'<a href="{p.relative_to(run_dir).as_posix()}">{p.suffix[1:].upper()}</a>'
+        for p in (path.with_suffix(".png"), path.with_suffix(".svg"))
+        if p.is_file()
+    ]
+    links = f" <small>({', '.join(static)})</small>" if static else ""
+    return (
+        f"<h3>{html.escape(title)}{links}</h3>"
+        f'<iframe src="{rel}" width="100%" height="480" frameborder="0"></iframe>'
+    )
 
 
 def directions_section(run_dir: Path, d: Directions, rel: str = "directions") -> str:
