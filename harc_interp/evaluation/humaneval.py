@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import write_json
-from ..capture.generate import generate_chats
-from ..data.chat import formatter_for
 from ..errors import HarcError
 from ..model.edits import Variant
 from ..model.hooked import HarcModel
+from .responding import respond
 from .sandbox import isolation, run_many
 
 INSTRUCTION = (
@@ -81,22 +80,19 @@ def humaneval_pass_at_1(
     with `responses_path`, every answer, program verdict and error line is written there."""
     variant = variant or Variant()
     problems = humaneval_problems(config.limit)
-    fmt = formatter_for(model, config.system_prompt)
-    chats = fmt.format_many(
-        [INSTRUCTION.format(prompt=p["prompt"]) for p in problems], ids=[p["task_id"] for p in problems]
-    )
     start = time.perf_counter()
-    with variant.context():
-        outs = generate_chats(
-            model,
-            chats,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            hooks=variant.hooks,
-            progress=progress,
-        )
+    answers = respond(
+        model,
+        variant,
+        [INSTRUCTION.format(prompt=p["prompt"]) for p in problems],
+        [p["task_id"] for p in problems],
+        system_prompt=config.system_prompt,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
     generation_s = time.perf_counter() - start
-    texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
+    texts = [a.text for a in answers]
     start = time.perf_counter()
     results = run_many(
         [checked_program(p, t) for p, t in zip(problems, texts, strict=True)],
@@ -105,19 +101,25 @@ def humaneval_pass_at_1(
     )
     tests_s = time.perf_counter() - start
     rows = [
-        {"task_id": p["task_id"], "response": t, "finished": fin, "status": r.status, "detail": r.detail}
-        for p, t, (_, fin), r in zip(problems, texts, outs, results, strict=True)
+        {
+            "task_id": p["task_id"],
+            "response": a.text,
+            "finished": a.finished,
+            "status": r.status,
+            "detail": r.detail,
+        }
+        for p, a, r in zip(problems, answers, results, strict=True)
     ]
     if responses_path is not None:
         write_json(responses_path, rows)
-    n_tokens, passed = sum(len(ids) for ids, _ in outs), sum(r.passed for r in results)
+    n_tokens, passed = sum(a.n_tokens for a in answers), sum(r.passed for r in results)
     return {
         "variant": variant.name,
         "n": len(problems),
         "passed": passed,
         "pass_at_1": passed / len(problems),
         "timeouts": sum(r.status == "timeout" for r in results),
-        "unfinished_answers": sum(not fin for _, fin in outs),  # hit max_new_tokens
+        "unfinished_answers": sum(not a.finished for a in answers),  # hit max_new_tokens
         "max_new_tokens": config.max_new_tokens,
         "generation_seconds": round(generation_s, 1),
         "tokens_per_second": round(n_tokens / generation_s, 1),

@@ -9,35 +9,46 @@ from pathlib import Path
 
 from ..artifacts import provenance, write_json
 from ..capture.forward import forward_batch, kl_divergence, response_logprobs
-from ..capture.generate import generate_chats, generate_texts
+from ..capture.generate import generate_chats
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..capture.sweep import last_token_logprobs
-from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
+from ..data.chat import ChatPrompt, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError
 from ..model.edits import Variant, ablation_hooks
 from ..model.hooked import HarcModel
+from .responding import respond, sent_chats
 
 
 def response_kl(
-    model: HarcModel, chats: Sequence[ChatPrompt], base: Variant, tuned: Variant, batch_size: int = 16
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    base: Variant,
+    tuned: Variant,
+    batch_size: int = 16,
+    tuned_chats: Sequence[ChatPrompt] | None = None,
 ) -> float:
     """KL(base ‖ tuned) of next-token distributions over each chat's response tokens (teacher-forced),
     averaged per chat and then over chats; chats with an empty response are skipped (nan if all are).
-    Interventions that also act while the model writes its answer show up here, not at t_post alone."""
-    chats = [c for c in chats if c.response_ids]
-    if not chats:
+    Interventions that also act while the model writes its answer show up here, not at t_post alone.
+    `tuned_chats`: the same responses after the prompts the tuned side is sent (an input-side defence);
+    default `chats`."""
+    tuned_chats = chats if tuned_chats is None else tuned_chats
+    if len(tuned_chats) != len(chats):
+        raise HarcError(f"{len(chats)} base chats but {len(tuned_chats)} tuned ones")
+    pairs = [(b, t) for b, t in zip(chats, tuned_chats, strict=True) if b.response_ids]
+    if not pairs:
         return float("nan")
     pad = pad_token_id(model.tokenizer)
     per_chat: list[float] = []
-    for start in range(0, len(chats), batch_size):
-        chunk = chats[start : start + batch_size]
-        batch = left_pad(chunk, pad)
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
         sides = []
-        for variant in (base, tuned):
+        for variant, side in ((base, [b for b, _ in chunk]), (tuned, [t for _, t in chunk])):
+            batch = left_pad(side, pad)
             with variant.context():
                 logits = forward_batch(model, batch, variant.hooks, logits="all")
-            sides.append(response_logprobs(logits, chunk, batch))
+            sides.append(response_logprobs(logits, side, batch))
         per_chat += [float(kl_divergence(b, t).mean()) for b, t in zip(*sides, strict=True)]
     return sum(per_chat) / len(per_chat)
 
@@ -64,30 +75,32 @@ class _Judged:
 
     def __init__(self, model: HarcModel, tuned: Variant, judge: Judge, config: EvalConfig, progress: bool):
         self.model, self.tuned, self.judge, self.config, self.progress = model, tuned, judge, config, progress
-        self.fmt = formatter_for(model, config.system_prompt)
         self.responses: dict[str, list[dict]] = {}
 
     def refusals(self, ps: PromptSet, key: str, extra=(), n_samples: int = 0) -> list[bool]:
         """Greedy (n_samples 0: one flag per prompt) or sampled (n_samples flags per prompt, in order)."""
         cfg = self.config
         prompts = [p for p in ps.prompts for _ in range(max(n_samples, 1))]
-        with self.tuned.context():
-            texts = generate_texts(
-                self.model,
-                self.fmt.format_many([p.prompt for p in prompts], ids=[p.id for p in prompts]),
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.batch_size,
-                hooks=[*self.tuned.hooks, *extra],
-                do_sample=n_samples > 0,
-                seed=cfg.seed if n_samples else None,
-                progress=self.progress,
-            )
-        flags = [self.judge(t) for t in texts]
+        answers = respond(
+            self.model,
+            self.tuned,
+            [p.prompt for p in prompts],
+            [p.id for p in prompts],
+            judge=self.judge,
+            system_prompt=cfg.system_prompt,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.batch_size,
+            extra_hooks=extra,
+            do_sample=n_samples > 0,
+            seed=cfg.seed if n_samples else None,
+            progress=self.progress,
+        )
         self.responses[key] = [
-            {"id": p.id, "prompt": p.prompt, "response": t, "refusal": f}
-            for p, t, f in zip(prompts, texts, flags, strict=True)
+            {"id": p.id, "prompt": p.prompt, "response": a.text, "refusal": a.refused}
+            | ({"refused_share": a.refused_share} if self.tuned.prompts is not None else {})
+            for p, a in zip(prompts, answers, strict=True)
         ]
-        return flags
+        return [a.refused for a in answers]
 
 
 def evaluate_safety(
@@ -142,7 +155,7 @@ def evaluate_safety(
         k = config.samples
         result["over_refusal_sampled"] = _mean(judged.refusals(borderline, "borderline_sampled", n_samples=k))
         result["harmless_refusal_sampled"] = _mean(judged.refusals(harmless, "harmless_sampled", n_samples=k))
-    result |= capability_kl(model, harmless, base, tuned, judged.fmt, config)
+    result |= capability_kl(model, harmless, base, tuned, config)
     result["provenance"] = provenance(model, judge=repr(judge), tuned=tuned.name, base=base.name)
     if responses_path is not None:
         write_json(responses_path, judged.responses)
@@ -175,27 +188,31 @@ def white_box_asr(model: HarcModel, directions, slot: int, harmful: PromptSet, j
 
 
 def capability_kl(
-    model: HarcModel, harmless: PromptSet, base: Variant, tuned: Variant, fmt, config: EvalConfig
+    model: HarcModel, harmless: PromptSet, base: Variant, tuned: Variant, config: EvalConfig
 ) -> dict:
-    """KL(base ‖ tuned) on harmless prompts: next-token at t_post, and over the base model's own answers."""
-    chats = fmt.format_many(harmless.texts)
+    """KL(base ‖ tuned) on harmless prompts: next-token at t_post, and over the base model's own answers.
+    Each side reads the prompt it is sent (an input-side defence's first copy)."""
+    texts, ids = list(harmless.texts), [p.id for p in harmless]
+    sides = (base, tuned)
+    chats = [sent_chats(model, v, texts, ids, config.system_prompt) for v in sides]
     lps = []
-    for variant in (base, tuned):
+    for variant, sent in zip(sides, chats, strict=True):
         with variant.context():
-            lps.append(last_token_logprobs(model, chats, hooks=variant.hooks, batch_size=config.batch_size))
+            lps.append(last_token_logprobs(model, sent, hooks=variant.hooks, batch_size=config.batch_size))
     with base.context():
         own = generate_chats(
             model,
-            chats,
+            chats[0],
             max_new_tokens=config.max_new_tokens,
             batch_size=config.batch_size,
             hooks=base.hooks,
             progress=False,
         )
-    answered = fmt.format_many(harmless.texts, [ids for ids, _ in own])
+    answers = [ids_ for ids_, _ in own]
+    answered = [sent_chats(model, v, texts, ids, config.system_prompt, answers) for v in sides]
     return {
         "harmless_kl": float(kl_divergence(*lps).mean()),
-        "harmless_response_kl": response_kl(model, answered, base, tuned, config.batch_size),
+        "harmless_response_kl": response_kl(model, answered[0], base, tuned, config.batch_size, answered[1]),
     }
 
 

@@ -83,11 +83,28 @@ def addition_hooks(
     return [(f"blocks.{slot}.hook_resid_pre", fn)]
 
 
+@dataclass(frozen=True)
+class PromptDefence:
+    """An input-side defence: what the model is sent in place of each request. `system_prompt` replaces
+    the evaluation's system prompt (None: keep it); `copies` gives the user turns sent for one request:
+    one for a rewrite (Self-Reminder), several for an ensemble whose answers the judge votes on
+    (SmoothLLM: the request counts as refused unless more than half of the copies are answered)."""
+
+    name: str
+    system_prompt: str | None = None
+
+    def copies(self, instruction: str, key: str) -> list[str]:
+        """The user turns sent for `instruction` (`key`: the request's id, which seeds any randomness)."""
+        return [instruction]
+
+
 @dataclass
 class Variant:
     """One way to run the model: hooks, plus a context entered around every use (e.g. a LoRA adapter
-    loaded, or the same adapter disabled for the base side of a comparison)."""
+    loaded, or the same adapter disabled for the base side of a comparison), plus an optional input-side
+    defence that changes what the model is sent (`prompts`)."""
 
     hooks: Sequence[tuple[str, HookFn]] = ()
     context: Callable[[], AbstractContextManager] = field(default=nullcontext)
     name: str = "base"
+    prompts: PromptDefence | None = None
