@@ -1,7 +1,7 @@
 """The architecture contract: the package's folders are layers, and imports flow one way.
 
 foundation (errors, shapes, artifacts) ← model ← data ← capture ← directions ← plane ← coupling ←
-evaluation ← report ← cli. A module may import from its own layer and the layers before it, never from
+baselines ← evaluation ← report ← cli. A module may import from its own layer and the layers before it, never from
 a later one (imports inside functions count too). `__init__` re-exports are the one exception at the
 top: the package namespace gathers every stage.
 """
@@ -14,7 +14,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harc_interp"
 FOUNDATION = ("errors", "shapes", "artifacts")
-LAYERS = ("model", "data", "capture", "directions", "plane", "coupling", "evaluation", "report", "cli")
+LAYERS = (
+    "model", "data", "capture", "directions", "plane", "coupling", "baselines", "evaluation", "report", "cli"
+)  # fmt: skip
 
 
 def layer_of(parts: tuple[str, ...]) -> int | None:

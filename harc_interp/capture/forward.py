@@ -199,6 +199,22 @@ def teacher_forced_residuals(
     return ForcedResiduals(slot, prompt[:, 0], tuple(r[:, 0] for r in response))
 
 
+def prompt_residuals(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    slots: Sequence[int],
+    *,
+    position: str = "t_inst",
+    hooks: Sequence[tuple[str, HookFn]] = (),
+    batch_size: int = 16,
+) -> Float[Tensor, "prompt slot d_model"]:
+    """Residuals at `slots` of each chat's `position` (t_inst or t_post), after `hooks`."""
+    if position not in ("t_inst", "t_post"):
+        raise HarcError(f"prompt_residuals reads t_inst or t_post, not {position!r}")
+    prompt, _ = _forced_residuals(model, chats, tuple(slots), hooks, batch_size)
+    return prompt[:, :, 0 if position == "t_inst" else 1]
+
+
 def response_residuals(
     model: HarcModel,
     chats: Sequence[ChatPrompt],

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import write_json
+from ..capture.responding import respond
 from ..errors import HarcError
 from ..model.edits import Variant
 from ..model.hooked import HarcModel
-from .responding import respond
 from .sandbox import isolation, run_many
 
 INSTRUCTION = (

@@ -11,13 +11,13 @@ from ..artifacts import provenance, write_json
 from ..capture.forward import forward_batch, kl_divergence, response_logprobs
 from ..capture.generate import generate_chats
 from ..capture.judges import DEFAULT_JUDGE, Judge
+from ..capture.responding import respond, sent_chats
 from ..capture.sweep import last_token_logprobs
 from ..data.chat import ChatPrompt, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError
 from ..model.edits import Variant, ablation_hooks
 from ..model.hooked import HarcModel
-from .responding import respond, sent_chats
 
 
 def response_kl(

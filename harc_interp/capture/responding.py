@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..capture.generate import generate_chats
-from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..data.chat import ChatPrompt, formatter_for
 from ..errors import HarcError
 from ..model.edits import Variant
 from ..model.hooked import HarcModel, HookFn
+from .generate import generate_chats
+from .judges import DEFAULT_JUDGE, Judge
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,18 @@ def respond(
     for cs in copies:
         span = range(at, at + len(cs))
         at += len(cs)
+        refused, k = majority([flags[i] for i in span])
+        pick = span[k]
         share = sum(flags[i] for i in span) / len(cs)
-        refused = share >= 0.5  # answered only when more than half of the copies are
-        pick = next(i for i in span if flags[i] == refused)
         n_tokens = sum(len(outs[i][0]) for i in span)
         answers.append(Answer(texts[pick], refused, n_tokens, outs[pick][1], share))
     return answers
+
+
+def majority(refusals: Sequence[bool]) -> tuple[bool, int]:
+    """SmoothLLM's vote over an ensemble's refusal calls: refused unless more than half of the copies are
+    answered (a tie is refused), and the index of the first copy that agrees with the vote."""
+    if not refusals:
+        raise HarcError("no answers to vote on")
+    refused = 2 * sum(refusals) >= len(refusals)
+    return refused, next(i for i, r in enumerate(refusals) if r == refused)
