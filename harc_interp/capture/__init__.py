@@ -7,6 +7,7 @@ from .forward import (
     StopForward,
     forward_batch,
     kl_divergence,
+    prompt_residuals,
     refusal_score,
     response_logprobs,
     response_residuals,
@@ -23,9 +24,15 @@ from .judges import (
     refusal_rate,
 )
 from .model_judge import ModelJudge
+from .responding import Answer, majority, respond, sent_chats
 from .sweep import PromptSweep, last_token_logprobs
 
 __all__ = [
+    "Answer",
+    "majority",
+    "prompt_residuals",
+    "respond",
+    "sent_chats",
     "DEFAULT_JUDGE",
     "REFUSAL_PHRASES",
     "Activations",

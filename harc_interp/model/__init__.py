@@ -1,7 +1,7 @@
 """The model layer: offline packaging, the hooked model (TransformerLens hook names on HF modules)
 and the residual edits every later stage builds on."""
 
-from .edits import Variant, ablation_hooks, addition_hooks, project_out
+from .edits import PromptDefence, Variant, ablation_hooks, addition_hooks, project_out
 from .hooked import HarcModel, HookFn, HookSite, Span, load_model, resid_hook_name
 from .offline import DEFAULT_MODEL, OFFLINE_MODELS, OfflineModel, cache_root
 
@@ -12,6 +12,7 @@ __all__ = [
     "HookFn",
     "HookSite",
     "OfflineModel",
+    "PromptDefence",
     "Span",
     "Variant",
     "ablation_hooks",
