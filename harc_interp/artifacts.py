@@ -96,6 +96,15 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
+def write_text(path: str | Path, text: str) -> Path:
+    """A text file (Markdown, a report), atomically."""
+    path = Path(path)
+    tmp = tmp_beside(path)
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     """JSON lines, atomically."""
     path = Path(path)

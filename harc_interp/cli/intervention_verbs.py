@@ -10,6 +10,7 @@ from ..coupling.lora import LoraConfig
 from ..coupling.subspace import SubspaceConfig
 from ..data.prompts import SplitConfig
 from ..errors import HarcError
+from ..evaluation.compare import CompareConfig
 from ..evaluation.safety import EvalConfig
 from ..evaluation.verify import VerifyConfig
 from .common import (
@@ -149,6 +150,32 @@ def add_parsers(sub) -> None:
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=cmd_eval)
 
+    cmp = sub.add_parser(
+        "compare",
+        help="HARC beside the inference-time baselines, the same held-out split and judge for all "
+        "-> comparison.json, comparison.md",
+    )
+    model_args(cmp)
+    _data_args(cmp)
+    cmp.add_argument("--directions", required=True)
+    cmp.add_argument(
+        "--methods",
+        default=",".join(CompareConfig.methods),
+        help="comma-separated, from base, harc, actadd, cast, self_reminder, smoothllm (default: all)",
+    )
+    cmp.add_argument(
+        "--coupling",
+        default=None,
+        help="HARC's coupling, trained on the same training split (default: trained here with the defaults)",
+    )
+    cmp.add_argument("--max-new-tokens", type=int, default=None, help=f"default {EvalConfig.max_new_tokens}")
+    cmp.add_argument("--samples", type=int, default=None, help="sampled answers per safe prompt (default 4)")
+    cmp.add_argument(
+        "--humaneval", type=int, default=0, metavar="N", help="HumanEval problems per method (0: none)"
+    )
+    cmp.add_argument("--out", required=True)
+    cmp.set_defaults(func=cmd_compare)
+
     ver = sub.add_parser(
         "verify", help="is an intervention's change confined to the harmfulness-refusal plane?"
     )
@@ -239,6 +266,34 @@ def cmd_train(args: argparse.Namespace) -> dict:
     }
     write_json(out / "splits.json", splits)
     return {"out": str(out), "mode": args.mode, "train_sizes": {k: len(v) for k, v in train_sets.items()}}
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    """`harc compare`: every chosen method set up on the training split and judged on the held-out one."""
+    from dataclasses import replace
+
+    from ..evaluation.compare import compare_methods
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    defaults = CompareConfig()
+    flags = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "samples": args.samples}
+    eval_config = replace(
+        defaults.eval,
+        **{k: v for k, v in flags.items() if v is not None},
+        system_prompt=args.system_prompt,
+    )
+    config = CompareConfig(methods=methods, eval=eval_config, humaneval=args.humaneval)
+    d = read_directions(args)
+    train, ev = safety_sets(args, d)
+    model = attach_model(args, d)
+    ev = {k: within_context(model, args, v) for k, v in ev.items()}
+    result = compare_methods(
+        model, d, train, ev, args.out, config, coupling_dir=args.coupling, progress=not args.quiet
+    )
+    return {
+        "comparison": str(Path(args.out) / "comparison.md"),
+        "methods": [r["method"] for r in result["methods"]],
+    }
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:

@@ -1,0 +1,296 @@
+"""`harc compare`: HARC beside the baselines, every method judged by the same evaluation on the same
+held-out split, calibrated or trained on the training split only.
+
+Each method's result is cached in `out/methods/NAME/result.json` (keyed on the model, the splits and
+the settings), so a killed run resumes without redoing finished methods. `comparison.json` and
+`comparison.md` gather one row per method; the trade-off figure plots attack success against
+over-refusal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..artifacts import cached_json, provenance, write_json, write_text
+from ..baselines.inference import (
+    SelfReminder,
+    SmoothLLM,
+    SteeringCalibration,
+    actadd_variant,
+    calibrate_coefficient,
+    calibrate_condition,
+    cast_variant,
+)
+from ..capture.judges import DEFAULT_JUDGE, Judge
+from ..capture.responding import respond
+from ..coupling.load import load_intervention
+from ..coupling.subspace import SubspaceConfig, train_subspace
+from ..data.prompts import PromptSet
+from ..errors import HarcError
+from ..model.edits import Variant
+from ..model.hooked import HarcModel
+from .humaneval import HumanEvalConfig, humaneval_pass_at_1
+from .safety import EvalConfig, evaluate_safety
+
+INFERENCE_METHODS = ("actadd", "cast", "self_reminder", "smoothllm")
+METHODS = ("base", "harc", *INFERENCE_METHODS)
+NOT_YET = ("sft", "dpo", "circuit_breakers", "repbend", "harc_lora")  # training-time, not built yet
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
+    ensemble, HumanEval (`humaneval`: number of problems, 0 for none) and the throughput probe
+    (`throughput_prompts` harmless held-out prompts answered with `throughput_tokens` tokens)."""
+
+    methods: tuple[str, ...] = METHODS
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(samples=4))
+    calibration: SteeringCalibration = field(default_factory=SteeringCalibration)
+    smoothllm: SmoothLLM = field(default_factory=SmoothLLM)
+    humaneval: int = 0
+    throughput_prompts: int = 8
+    throughput_tokens: int = 32
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            later = [m for m in unknown if m in NOT_YET]
+            raise HarcError(
+                f"unknown methods {unknown}: choose from {', '.join(METHODS)}"
+                + (f" ({', '.join(later)} are training-time baselines not built yet)" if later else "")
+            )
+        if not self.methods:
+            raise HarcError("compare needs at least one method")
+
+
+def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupling_dir, subspace, judge):
+    """(variant-opening context factory, setup record) of one method; calibration on `train` only."""
+    slot = directions.selected_layer
+    if slot is None:
+        raise HarcError("the directions artifact has no selected layer: run `harc directions` to the end")
+    if name == "base":
+        return (lambda: _plain(Variant(name="base"))), {"trainable_parameters": 0}
+    if name == "harc":
+        path = Path(coupling_dir) if coupling_dir else out / "coupling"
+        if not coupling_dir:
+            train_subspace(model, directions, train, path, subspace or SubspaceConfig(), progress=False)
+        from ..coupling.maps import CouplingIntervention
+
+        n = sum(p.numel() for p in CouplingIntervention.load(path).parameters())
+        return (lambda: _tuned(model, path)), {"trainable_parameters": n, "coupling": str(path)}
+    if name == "actadd":
+        cal = calibrate_coefficient(
+            model, lambda c: actadd_variant(model, directions, slot, c), train, cfg.calibration, judge
+        )
+        variant = actadd_variant(model, directions, slot, cal["coefficient"])
+        return (lambda: _plain(variant)), {"trainable_parameters": 0, "slot": slot, "calibration": cal}
+    if name == "cast":
+        cond = calibrate_condition(model, directions, train, slot, cfg.calibration)
+        cal = calibrate_coefficient(
+            model,
+            lambda c: cast_variant(model, directions, cond["slot"], cond["threshold"], slot, c),
+            train,
+            cfg.calibration,
+            judge,
+        )
+        variant = cast_variant(model, directions, cond["slot"], cond["threshold"], slot, cal["coefficient"])
+        record = {"trainable_parameters": 0, "slot": slot, "condition": cond, "calibration": cal}
+        return (lambda: _plain(variant)), record
+    if name == "self_reminder":
+        return (lambda: _plain(Variant(name=name, prompts=SelfReminder()))), {"trainable_parameters": 0}
+    if name == "smoothllm":
+        variant = Variant(name=name, prompts=cfg.smoothllm)
+        return (lambda: _plain(variant)), {"trainable_parameters": 0, "smoothllm": asdict(cfg.smoothllm)}
+    raise HarcError(f"unknown method {name!r}")
+
+
+class _plain:
+    """A context that opens to a ready Variant."""
+
+    def __init__(self, variant: Variant):
+        self.variant = variant
+
+    def __enter__(self) -> Variant:
+        return self.variant
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+class _tuned:
+    """A context that opens a trained intervention's tuned Variant."""
+
+    def __init__(self, model: HarcModel, path: Path):
+        self.cm = load_intervention(model, path)
+
+    def __enter__(self) -> Variant:
+        tuned, _ = self.cm.__enter__()
+        return Variant(tuned.hooks, tuned.context, name="harc", prompts=tuned.prompts)
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def throughput(model: HarcModel, variant: Variant, prompts: PromptSet, cfg: CompareConfig) -> float:
+    """Tokens of the returned answers per second of generation (an ensemble pays for all its copies)."""
+    ps = prompts.sample(min(cfg.throughput_prompts, len(prompts)))
+    start = time.perf_counter()
+    answers = respond(
+        model,
+        variant,
+        ps.texts,
+        ps.ids,
+        system_prompt=cfg.eval.system_prompt,
+        max_new_tokens=cfg.throughput_tokens,
+        batch_size=cfg.eval.batch_size,
+    )
+    seconds = time.perf_counter() - start
+    tokens = sum(len(model.tokenizer(a.text, add_special_tokens=False)["input_ids"]) for a in answers)
+    return tokens / seconds
+
+
+def compare_methods(
+    model: HarcModel,
+    directions,
+    train: dict[str, PromptSet],
+    held_out: dict[str, PromptSet],
+    out_dir: str | Path,
+    config: CompareConfig | None = None,
+    *,
+    coupling_dir: str | Path | None = None,
+    subspace: SubspaceConfig | None = None,
+    judge: Judge = DEFAULT_JUDGE,
+    progress: bool = True,
+) -> dict:
+    """Every method of `config` set up on `train` and evaluated on `held_out` (the same prompts, judge,
+    white-box attack slot and settings for all); writes comparison.json/.md and the trade-off figure
+    to `out_dir`. `coupling_dir`: HARC's coupling, already trained on this `train` split (default:
+    trained here with the calibrated defaults)."""
+    config = config or CompareConfig()
+    out = Path(out_dir)
+    attack_slot = directions.selected_layer
+    key = {
+        "fingerprint": model.fingerprint,
+        "train": {k: list(v.ids) for k, v in train.items()},
+        "held_out": {k: list(v.ids) for k, v in held_out.items()},
+        "eval": asdict(config.eval),
+        "humaneval": config.humaneval,
+        "judge": repr(judge),
+    }
+    rows = {}
+    for name in config.methods:
+        method_dir = out / "methods" / name
+
+        def run(name=name, method_dir=method_dir) -> dict:
+            start = time.perf_counter()
+            opener, record = _setup(
+                name, model, directions, train, method_dir, config, coupling_dir, subspace, judge
+            )
+            setup_s = time.perf_counter() - start
+            with opener() as variant:
+                safety = evaluate_safety(
+                    model,
+                    **held_out,
+                    directions=directions,
+                    attack_slot=attack_slot,
+                    tuned=variant,
+                    base=Variant(),
+                    judge=judge,
+                    config=config.eval,
+                    responses_path=method_dir / "responses.json",
+                    progress=progress,
+                )
+                tps = throughput(model, variant, held_out["harmless"], config)
+                he = (
+                    humaneval_pass_at_1(
+                        model,
+                        variant,
+                        HumanEvalConfig(limit=config.humaneval, batch_size=config.eval.batch_size),
+                        responses_path=method_dir / "humaneval.json",
+                        progress=progress,
+                    )
+                    if config.humaneval
+                    else None
+                )
+            return record | {
+                "method": name,
+                "safety": safety,
+                "humaneval": he,
+                "setup_seconds": round(setup_s, 1),
+                "tokens_per_second": round(tps, 1),
+            }
+
+        extra = {"coupling_dir": str(coupling_dir)} if name == "harc" and coupling_dir else {}
+        settings = {"calibration": asdict(config.calibration), "smoothllm": asdict(config.smoothllm)}
+        rows[name] = cached_json(
+            method_dir / "result.json", run, key=key | {"method": name} | settings | extra
+        )
+    base_tps = rows["base"]["tokens_per_second"] if "base" in rows else None
+    table = [_row(r, base_tps) for r in rows.values()]
+    result = {
+        "methods": table,
+        "attack_slot": attack_slot,
+        "n": {k: len(v) for k, v in held_out.items()},
+        "provenance": provenance(model, judge=repr(judge)),
+    }
+    write_json(out / "comparison.json", result)
+    write_text(out / "comparison.md", comparison_markdown(result))
+    return result
+
+
+def _row(r: dict, base_tps: float | None) -> dict:
+    s = r["safety"]
+    wb = s.get("white_box_asr", {})
+    he = r.get("humaneval")
+    return {
+        "method": r["method"],
+        "mean_asr": s["mean_asr"],
+        "asr_by_class": s["asr_by_class"],
+        "plain_harmful_asr": s["plain_harmful_asr"],
+        "v_ref_upstream_asr": wb.get("v_ref_ablated_upstream"),
+        "v_harm_upstream_asr": wb.get("v_harm_ablated_upstream"),
+        "over_refusal": s["over_refusal"],
+        "over_refusal_sampled": s.get("over_refusal_sampled"),
+        "harmless_refusal": s["harmless_refusal"],
+        "humaneval_pass_at_1": None if he is None else he["pass_at_1"],
+        "harmless_kl": s["harmless_kl"],
+        "trainable_parameters": r["trainable_parameters"],
+        "setup_seconds": r["setup_seconds"],
+        "throughput_vs_base": None if not base_tps else r["tokens_per_second"] / base_tps,
+    }
+
+
+COLUMNS = (
+    ("method", "method", "{}"),
+    ("mean ASR", "mean_asr", "{:.3f}"),
+    ("plain harmful ASR", "plain_harmful_asr", "{:.3f}"),
+    ("v_ref upstream ASR", "v_ref_upstream_asr", "{:.3f}"),
+    ("v_harm upstream ASR", "v_harm_upstream_asr", "{:.3f}"),
+    ("over-refusal", "over_refusal", "{:.3f}"),
+    ("over-refusal sampled", "over_refusal_sampled", "{:.3f}"),
+    ("harmless refusal", "harmless_refusal", "{:.3f}"),
+    ("HumanEval pass@1", "humaneval_pass_at_1", "{:.3f}"),
+    ("harmless KL", "harmless_kl", "{:.4f}"),
+    ("trainable params", "trainable_parameters", "{:,}"),
+    ("setup s", "setup_seconds", "{:.0f}"),
+    ("tokens/s vs base", "throughput_vs_base", "{:.2f}"),
+)
+
+
+def comparison_markdown(result: dict) -> str:
+    """The comparison as a Markdown table, one row per method (lower ASR and over-refusal are better)."""
+    head = "| " + " | ".join(c[0] for c in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    lines = [head, rule]
+    for row in result["methods"]:
+        cells = ["–" if row[k] is None else fmt.format(row[k]) for _, k, fmt in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    n = result["n"]
+    note = (
+        f"\nHeld out: {n}. Attack success (ASR) is the share of harmful requests not refused, by the judge "
+        f"`{result['provenance'].get('judge', '')[:40]}…`; white-box rows ablate the direction upstream of "
+        f"slot {result['attack_slot']}.\n"
+    )
+    return "\n".join(lines) + "\n" + note

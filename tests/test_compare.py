@@ -1,0 +1,59 @@
+"""`compare_methods` on the tiny model: every method judged on the same held-out split, a table row
+each, and a rerun after a finished method resumes without redoing it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harc_interp import HarcError
+from harc_interp.baselines import SteeringCalibration
+from harc_interp.data.prompts import safety_splits, starter_prompts
+from harc_interp.evaluation import compare as compare_mod
+from harc_interp.evaluation.compare import CompareConfig, compare_methods
+from harc_interp.evaluation.safety import EvalConfig
+
+
+def test_compare_writes_one_row_per_method_and_resumes_finished_methods(
+    tiny, tiny_directions, tmp_path, monkeypatch
+):
+    sets = [starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")]
+    train, held_out = safety_splits(*sets, max_per_class=2)
+    held_out = {k: v.sample(min(4, len(v))) for k, v in held_out.items()}
+    config = CompareConfig(
+        methods=("base", "actadd", "self_reminder"),
+        eval=EvalConfig(max_new_tokens=3, batch_size=8),
+        calibration=SteeringCalibration(coefficients=(0.5, 1.0), max_per_group=3, max_new_tokens=3),
+        throughput_prompts=2,
+        throughput_tokens=3,
+    )
+    result = compare_methods(tiny, tiny_directions, train, held_out, tmp_path, config, progress=False)
+    assert [r["method"] for r in result["methods"]] == ["base", "actadd", "self_reminder"]
+    assert result["methods"][0]["throughput_vs_base"] == 1.0
+    actadd = json.loads((tmp_path / "methods" / "actadd" / "result.json").read_text())["result"]
+    assert actadd["calibration"]["coefficient"] in (0.5, 1.0)
+    assert "| actadd |" in (tmp_path / "comparison.md").read_text()
+    # a rerun sets up and evaluates nothing again
+    monkeypatch.setattr(compare_mod, "_setup", lambda *a, **k: pytest.fail("a finished method was redone"))
+    again = compare_methods(tiny, tiny_directions, train, held_out, tmp_path, config, progress=False)
+    assert [r["mean_asr"] for r in again["methods"]] == [r["mean_asr"] for r in result["methods"]]
+
+
+def test_compare_names_the_training_time_methods_it_lacks():
+    with pytest.raises(HarcError, match="not built yet"):
+        CompareConfig(methods=("base", "dpo"))
+
+
+def test_harc_compare_runs_from_the_command_line(tiny_dir, tiny_directions_dir, tmp_path, capsys):
+    from harc_interp.cli import main
+
+    common = ["--model", str(tiny_dir), "--directions", str(tiny_directions_dir), "--max-per-class", "2"]
+    args = [*common, "--quiet", "--max-new-tokens", "2", "--samples", "0", "--out"]
+    assert main(["compare", *args, str(tmp_path / "c"), "--methods", "base,smoothllm"]) == 0
+    assert "| smoothllm |" in (tmp_path / "c" / "comparison.md").read_text()
+    responses = json.loads((tmp_path / "c" / "methods" / "smoothllm" / "responses.json").read_text())
+    assert all("refused_share" in row for row in responses["harmful"])
+    capsys.readouterr()
+    assert main(["compare", *args, str(tmp_path / "d"), "--methods", "base,repbend"]) == 2
+    assert "not built yet" in capsys.readouterr().err
