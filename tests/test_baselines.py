@@ -134,10 +134,10 @@ def _train_split():
 
 
 def test_the_coefficient_is_the_largest_within_the_over_refusal_tolerance(tiny, monkeypatch):
-    # safe refusal rises by 0.05 per unit of coefficient: 2.0 is the last within 0.1; 3.0 breaks the rule
+    # safe refusal rises by 0.02 per unit of coefficient: 2.0 is the last within 0.05; 3.0 breaks the rule
     def rates(model, variant, rows, cal, judge):
         c = float(variant.name) if variant.name != "base" else 0.0
-        return {"safe_refusal": 0.05 * c, "unsafe_refusal": min(1.0, 0.3 * c), "by_group": {}}
+        return {"safe_refusal": 0.02 * c, "unsafe_refusal": min(1.0, 0.3 * c), "by_group": {}}
 
     monkeypatch.setattr(inference, "_refusal_rates", rates)
     result = calibrate_coefficient(

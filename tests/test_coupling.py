@@ -637,17 +637,31 @@ def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
 
 
 def _calibrate(d, coords, tmp_path, **config):
-    """Calibrate the margin of a fresh one-token map at slot 2 on synthetic span coordinates."""
+    """Calibrate the margin of a fresh one-token map at slot 2 on synthetic span coordinates. The check
+    stands in for answering the validation prompts: a safe prompt counts as refused when the map lifts its
+    refusal read-out past halfway to the harmful mean (0.5), the judge's call in the objective's units."""
     from harc_interp.coupling import train_slot
 
+    _, to_plane = _read_out_placer(d)
+    readout = torch.linalg.inv(to_plane)
     coupling = CouplingIntervention.from_directions(d, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2))
+    safe = torch.cat([coords[n][:, 0] for n in ("harmless", "borderline") if n in coords])
+    checks = []
+
+    def check():
+        with torch.no_grad():
+            ref = (coupling.maps[0](safe)[:, -1] @ readout.T)[:, 1]
+        checks.append(float((ref > 0.5).float().mean()))
+        return {"safe_refusal": checks[-1]}
+
     cfg = SubspaceConfig(
         span_context=False,
         response_tokens=0,
         train=TrainConfig(steps=150, lr=3e-2, log_every=150, checkpoint_every=150),
         **config,
     )
-    return train_slot(coupling, 0, d, coords, None, cfg, tmp_path, progress=False), coupling
+    stage = train_slot(coupling, 0, d, coords, None, cfg, tmp_path, progress=False, validate=check)
+    return stage, coupling, checks
 
 
 def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tiny_directions, tmp_path):
@@ -656,11 +670,12 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
     place, _ = _read_out_placer(tiny_directions)
     levels = {"harmless": 0.0, "borderline": 0.0, "harmful": 1.0, "jailbreak": -0.5}
     coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
-    stage, coupling = _calibrate(tiny_directions, coords, tmp_path)
+    stage, coupling, checks = _calibrate(tiny_directions, coords, tmp_path)
     cal = stage["calibration"]
     assert [c["margin"] for c in cal["candidates"]] == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert cal["met"] and stage["margin"] == 3.0
-    assert all(c["safe_movement"] <= 0.6 for c in cal["candidates"])
+    assert cal["uncoupled"]["safe_refusal"] == 0.0 and all(c["safe_rise"] == 0.0 for c in cal["candidates"])
+    assert len(checks) == 6  # the uncoupled model, then each candidate in place
     lifted = [c["jailbreak_t_post"] for c in cal["candidates"]]  # validation read-outs after the map
     assert lifted[-1] > lifted[0] > 0.5
     # The coupling carries the picked candidate's map, trained under calibration/margin_3/.
@@ -670,30 +685,43 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
     assert not torch.equal(coupling.maps[0](z), z)
 
 
-def test_calibration_keeps_the_smallest_margin_when_every_margin_moves_safe_prompts(
-    tiny_directions, tmp_path, caplog
-):
-    # Jailbreaks are drawn like the harmless prompts: lifting them lifts the harmless ones too, and with no
-    # cost on a rise (and retention light) every margin moves them past a budget this small.
+def test_calibration_stops_at_the_first_margin_that_raises_over_refusal(tiny_directions, tmp_path, caplog):
+    # Jailbreaks are drawn like the harmless prompts: lifting them lifts the harmless ones with them, and
+    # with no cost on a rise (and retention light) even the weakest margin pushes safe prompts past halfway.
     place, _ = _read_out_placer(tiny_directions)
     levels = {"harmless": 0.0, "harmful": 1.0, "jailbreak": 0.0}
     coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
-    stage, _ = _calibrate(
-        tiny_directions, coords, tmp_path, safe_raise_weight=0.0, retention_weight=0.1, max_safe_movement=1e-3
+    stage, coupling, checks = _calibrate(
+        tiny_directions, coords, tmp_path, safe_raise_weight=0.0, retention_weight=0.1
     )
-    assert not stage["calibration"]["met"] and stage["margin"] == 1.0
-    assert min(c["safe_movement"] for c in stage["calibration"]["candidates"]) > 1e-3
-    assert "kept the smallest" in caplog.text
+    cal = stage["calibration"]
+    assert not cal["met"] and stage["margin"] == 1.0
+    assert [c["margin"] for c in cal["candidates"]] == [1.0]  # no larger margin trained after a failure
+    assert cal["candidates"][0]["safe_rise"] > 0.05 and not cal["candidates"][0]["meets_rule"]
+    assert "kept it" in caplog.text
+    z = coords["harmless"][:4, 0]
+    assert not torch.equal(coupling.maps[0](z), z)  # the failing candidate is kept (the weakest there is)
 
 
-def test_pick_margin_is_the_largest_within_the_budget():
+def test_pick_margin_keeps_the_last_margin_before_the_rule_breaks():
     from harc_interp.coupling.subspace import pick_margin
 
-    rows = [{"margin": m, "safe_movement": v} for m, v in ((1.0, 0.1), (1.5, 0.5), (2.0, 0.9), (2.5, 0.4))]
-    assert pick_margin(rows, 0.6) == (2.5, True)  # not monotone: the largest that fits, not the first misfit
-    assert pick_margin(rows, 0.45) == (2.5, True)
-    assert pick_margin(rows, 0.3) == (1.0, True)
-    assert pick_margin(rows, 0.05) == (1.0, False)
+    rows = [{"margin": m, "meets_rule": ok} for m, ok in ((1.0, True), (1.5, True), (2.0, False))]
+    assert pick_margin(rows) == (1.5, True)
+    assert pick_margin(rows[:2]) == (1.5, True)
+    assert pick_margin([{"margin": 1.0, "meets_rule": False}]) == (1.0, False)
+
+
+def test_calibration_needs_a_validation_check(tiny_directions, tmp_path):
+    from harc_interp.coupling import train_slot
+
+    place, _ = _read_out_placer(tiny_directions)
+    coords = {n: place(level, (8, 1))[:, None] for n, level in {"harmless": 0.0, "harmful": 1.0}.items()}
+    coupling = CouplingIntervention.from_directions(
+        tiny_directions, (2,), torch.zeros(1, 1, 2), torch.ones(1, 1, 2)
+    )
+    with pytest.raises(HarcError, match="validation check"):
+        train_slot(coupling, 0, tiny_directions, coords, None, SubspaceConfig(), tmp_path, progress=False)
 
 
 def test_a_calibrated_margin_needs_validation_rows():

@@ -49,6 +49,13 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, 
 
     for name in ("plane_coordinates_dataset", "response_coordinates_dataset"):
         monkeypatch.setattr(subspace_mod, name, spying(getattr(subspace_mod, name)))
+    real_respond, answered = subspace_mod.respond, set()
+
+    def spying_respond(model, variant, texts, ids, **kwargs):  # the calibration's validation answers
+        answered.update(ids)
+        return real_respond(model, variant, texts, ids, **kwargs)
+
+    monkeypatch.setattr(subspace_mod, "respond", spying_respond)
     d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
     # The span-reading map (default) also reading slot 1, with plain-harmful margins of their own; eval
@@ -63,9 +70,15 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, 
     assert saved["config"]["plain_margin"] == 0.6 and saved["config"]["plain_response_margin"] == 0.0
     # No --margin: calibrated on validation rows of the training prompts, never on the eval split.
     assert saved["config"]["margin"] is None and saved["margin"]["2"] in saved["config"]["margin_grid"]
-    assert len(saved["calibration"]["2"]["candidates"]) == len(saved["config"]["margin_grid"])
+    cal = saved["calibration"]["2"]
+    tried = [c["margin"] for c in cal["candidates"]]
+    assert tried == sorted(saved["config"]["margin_grid"])[: len(tried)]
+    met = [c["margin"] for c in cal["candidates"] if c["meets_rule"]]
+    assert saved["margin"]["2"] == (max(met) if cal["met"] else tried[0])
     assert seen and seen == {i for ids in splits["train"].values() for i in ids}
     assert not seen & {i for ids in splits["eval"].values() for i in ids}
+    # The validation answers come from the training split's held-out rows, never the eval split.
+    assert answered and answered <= seen
 
     assert (
         main(

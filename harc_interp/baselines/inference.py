@@ -182,7 +182,7 @@ class SteeringCalibration:
     at most `max_per_group` prompts of each validation group."""
 
     coefficients: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
-    tolerance: float = 0.1
+    tolerance: float = 0.05  # the same budget as the coupling's margin calibration
     max_new_tokens: int = 24
     max_per_group: int = 24
     batch_size: int = 16

@@ -32,10 +32,11 @@ SUBSPACE_FLAGS = (
     ("retention_weight", "retention_weight", f"advanced: weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
     ("margin", "margin", "where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
      f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated, the largest of "
-     f"{', '.join(f'{m:g}' for m in S.margin_grid)} whose held-out safe training prompts move at most "
-     "--max-safe-movement)"),
-    ("max_safe_movement", "max_safe_movement", "the calibration's budget: how far the validation rows' harmless "
-     f"and borderline prompts may move, mean squared standardised plane movement (default {S.max_safe_movement})"),
+     f"{', '.join(f'{m:g}' for m in S.margin_grid)}, tried from the weakest up, before the first that raises "
+     "the refusal rate of the validation rows' harmless and borderline prompts by more than --over-refusal-tolerance)"),
+    ("over_refusal_tolerance", "over_refusal_tolerance", "the calibration's budget: how much the validation "
+     f"harmless and borderline prompts' refusal rate may rise, judged on greedy answers (default "
+     f"{S.over_refusal_tolerance})"),
     ("plain_margin", "plain_margin", f"advanced: the margin for plain harmful prompts (default {S.plain_margin}); "
      "the model mostly refuses them already, and pushing them hard lifts the borderline prompts next to them"),
     ("plain_response_margin", "plain_response_margin", "advanced: the response margin for plain harmful prompts "

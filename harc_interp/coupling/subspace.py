@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,10 +25,12 @@ import torch
 from torch import Tensor
 
 from ..artifacts import cached_tensors, now, provenance, write_json
+from ..capture.responding import respond
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
 from ..errors import HarcError
+from ..model.edits import Variant
 from ..model.hooked import HarcModel
 from .datasets import (
     HARMFUL_LIKE,
@@ -62,17 +65,23 @@ def default_slots(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
 @dataclass(frozen=True)
 class SubspaceConfig:
     """What most users touch: `slots` (default: 0.6 of the depth), `margin` (default: calibrated),
-    `max_safe_movement` (the calibration's budget for safe prompts) and `response_tokens`. The rest are
+    `over_refusal_tolerance` (the calibration's budget for safe prompts) and `response_tokens`. The rest are
     advanced: each default is a rule measured on the real model (docs/design.md), not a per-model value."""
 
     slots: tuple[int, ...] | None = None  # None: `default_slots`
     hidden: int = 32
     # Where harmful-like prompts must reach (1 = the plain-harmful mean). None: calibrated per slot on the
-    # validation rows: the largest of `margin_grid` whose safe prompts (harmless and borderline) move at
-    # most `max_safe_movement` (mean ‖Δz/σ‖², t_post and response tokens), the smallest if none does.
+    # validation rows by what a user sees: candidates of `margin_grid` are tried from the weakest up, each
+    # answering the validation prompts (greedy, `calibration_tokens`, the phrase judge), and the largest
+    # is kept before the first whose harmless and borderline refusal rate rises by more than
+    # `over_refusal_tolerance` over the uncoupled model (the smallest, with a warning, if even it does).
+    # The steering baselines' coefficient follows the same rule. (A budget on plane movement, the earlier
+    # rule, did not transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets.)
     margin: float | None = None
     margin_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0)
-    max_safe_movement: float = 0.6
+    over_refusal_tolerance: float = 0.05
+    calibration_tokens: int = 24
+    calibration_rows: int = 32  # at most this many validation prompts per group answered per candidate
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
     # Cost per gap of raising a harmless/borderline prompt's refusal read-out at all (the mirror of the
     # harmful-like "lowering costs"). The margin hinge is free below `safe_margin`, and retention is
@@ -124,6 +133,10 @@ class SubspaceConfig:
             raise HarcError(f"response_tokens must be >= 0, got {self.response_tokens}")
         if not 0 <= self.validation_fraction < 1:
             raise HarcError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if not 0 <= self.over_refusal_tolerance <= 1:
+            raise HarcError(f"over_refusal_tolerance is a rate in [0, 1], got {self.over_refusal_tolerance}")
+        if self.calibration_tokens < 1 or self.calibration_rows < 1:
+            raise HarcError("calibration_tokens and calibration_rows must be positive")
         if self.hidden < 1 or self.batch_per_condition < 1 or self.batch_size < 1:
             raise HarcError("hidden, batch_per_condition and batch_size must be positive")
         if self.margin is None and (not self.validation_fraction or not self.margin_grid):
@@ -166,9 +179,11 @@ def train_subspace(
     for k, slot in enumerate(slots):
         work = out_dir / "work" if n == 1 else out_dir / "work" / f"slot{slot}"
         coords, responses = slot_data(model, d, coupling, k, sets, work, config, progress)
-        stages.append(
-            train_slot(coupling, k, d, coords, responses, config, out_dir if n == 1 else work, progress)
+        validate = (
+            validation_refusals(model, coupling, sets, coords, config) if config.margin is None else None
         )
+        where = out_dir if n == 1 else work
+        stages.append(train_slot(coupling, k, d, coords, responses, config, where, progress, validate))
     coupling.meta |= {
         "plane_separability": {"positions": stages[0]["separability"]["positions"]}
         | {name: row for st in stages for name, row in st["separability"].items() if name != "positions"},
@@ -258,6 +273,45 @@ def slot_data(
     return coords, responses
 
 
+def validation_refusals(
+    model: HarcModel,
+    coupling: CouplingIntervention,
+    sets: dict[str, PromptSet],
+    coords: dict[str, Tensor],
+    config: SubspaceConfig,
+) -> Callable[[], dict]:
+    """The margin calibration's check: a function that answers the validation rows (the rows `split_rows`
+    holds out of training, at most `calibration_rows` per group) under the coupling as it stands and
+    returns the judged refusal rate of the safe ones (harmless and borderline) and of each group."""
+    _, val = split_rows(coords, config.validation_fraction, config.train.seed)
+    rows = {
+        g: PromptSet(
+            sets[g].name, tuple(sets[g].prompts[i] for i in val[g][: config.calibration_rows].tolist())
+        )
+        for g in (*HARMLESS_LIKE, "harmful", "jailbreak")
+        if g in val and len(val[g])
+    }
+    if not any(g in rows for g in HARMLESS_LIKE):
+        raise HarcError("no harmless or borderline validation rows to calibrate the margin on")
+
+    def check() -> dict:
+        variant = Variant(hooks=coupling.hooks(model), name="coupling")
+        rates = {}
+        for g, ps in rows.items():
+            answers = respond(
+                model, variant, ps.texts, ps.ids, system_prompt=config.system_prompt,
+                max_new_tokens=config.calibration_tokens, batch_size=config.batch_size,
+            )  # fmt: skip
+            rates[g] = sum(a.refused for a in answers) / len(answers)
+        safe = [g for g in HARMLESS_LIKE if g in rows]
+        return {
+            "safe_refusal": sum(rates[g] * len(rows[g]) for g in safe) / sum(len(rows[g]) for g in safe),
+            "refusal": rates,
+        }
+
+    return check
+
+
 def split_rows(
     coords: dict[str, Tensor], fraction: float, seed: int
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -280,12 +334,15 @@ def train_slot(
     config: SubspaceConfig,
     out_dir: Path,
     progress: bool,
+    validate: Callable[[], dict] | None = None,
 ) -> dict:
     """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
     read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
     2] (NaN past a response's end), the same prompts in the same order. Without a `margin`, one map per
-    candidate of `margin_grid` trains on the training rows and `pick_margin` keeps one by how far the
-    validation rows' safe prompts move (each candidate's checkpoint under `out_dir/calibration/`).
+    candidate of `margin_grid` trains on the training rows, from the weakest up, and `validate()` (run with
+    each candidate in place; see `validation_refusals`) gives its validation safe refusal rate; the
+    calibration keeps the largest margin before the first whose rise over the uncoupled rate exceeds
+    `over_refusal_tolerance` (each candidate's checkpoint under `out_dir/calibration/`).
     Returns what the coupling's metadata records: the margin and the calibration behind it,
     separability, standardisation, example counts, the objective at init, trained and on the validation
     rows, and the training log."""
@@ -299,8 +356,11 @@ def train_slot(
     if responses is not None:
         responses = {name: z[train_rows[name]] for name, z in responses.items()}
     calibrating = config.margin is None
-    trials = []
-    for margin in config.margin_grid if calibrating else (config.margin,):
+    if calibrating and validate is None:
+        raise HarcError("calibrating the margin needs a validation check (validate=)")
+    plain = validate() if calibrating else None  # this slot's map is still the identity
+    trials, candidates = [], []
+    for margin in sorted(config.margin_grid) if calibrating else (config.margin,):
         plane_map = copy.deepcopy(coupling.maps[k])  # the untrained map: every candidate starts alike
         where = out_dir / "calibration" / f"margin_{margin:g}" if calibrating else out_dir
         trial = _fit_map(
@@ -309,23 +369,28 @@ def train_slot(
         if held_out:
             trial["objective"]["validation"] = trial["fit"].summary(held_out, held_out_responses)
         trials.append((margin, plane_map, trial))
+        if calibrating:
+            candidates.append(
+                _check_candidate(coupling.maps[k], plane_map, validate, plain, margin, trial, config)
+            )
+            if not candidates[-1]["meets_rule"]:
+                break  # refusal of safe prompts rises with the margin: larger ones would fail too
     calibration = None
     if calibrating:
-        candidates = [
-            {"margin": m, "safe_movement": safe_movement(t["objective"]["validation"])} | attacked_readouts(t)
-            for m, _, t in trials
-        ]
-        margin, met = pick_margin(candidates, config.max_safe_movement)
+        margin, met = pick_margin(candidates)
         if not met:
             log.warning(
-                "slot %d: every margin moved the validation safe prompts by more than %g; kept the smallest",
+                "slot %d: even margin %g raised the validation safe prompts' refusal by more than %g; kept it",
                 slot,
-                config.max_safe_movement,
+                margin,
+                config.over_refusal_tolerance,
             )
         calibration = {
-            "rule": f"largest margin whose validation harmless and borderline prompts move at most "
-            f"{config.max_safe_movement} (mean ||dz/sigma||^2 at t_post and response tokens)",
+            "rule": f"largest margin, tried from the weakest up, before the first whose validation harmless "
+            f"and borderline refusal rate rises by more than {config.over_refusal_tolerance:g} over the "
+            f"uncoupled model ({config.calibration_tokens} greedy tokens, phrase judge)",
             "met": met,
+            "uncoupled": plain,
             "candidates": candidates,
         }
     else:
@@ -376,6 +441,25 @@ def _fit_map(plane_map, d, slot, coords, responses, config: SubspaceConfig, out_
     return {"fit": objective, "objective": {"at_init": at_init, "trained": trained}, "log": log_rows}
 
 
+def _check_candidate(live_map, plane_map, validate, plain: dict, margin: float, trial: dict, config) -> dict:
+    """One calibration row: the validation refusal rates with `plane_map` in the coupling (the live map
+    restored after), the rise over `plain`, and the plane movement and read-outs (for the record)."""
+    untrained = copy.deepcopy(live_map.state_dict())
+    live_map.load_state_dict(plane_map.state_dict())
+    try:
+        check = validate()
+    finally:
+        live_map.load_state_dict(untrained)
+    rise = check["safe_refusal"] - plain["safe_refusal"]
+    return {
+        "margin": margin,
+        **check,
+        "safe_rise": rise,
+        "meets_rule": rise <= config.over_refusal_tolerance + 1e-9,
+        "safe_movement": safe_movement(trial["objective"]["validation"]),
+    } | attacked_readouts(trial)
+
+
 def safe_movement(summary: dict) -> float:
     """The most any safe condition (harmless, borderline) moves in an objective summary: mean
     ‖(f(z) − z) / σ‖² at t_post or over response tokens, whichever is larger."""
@@ -391,10 +475,12 @@ def attacked_readouts(trial: dict) -> dict:
     return {f"{n}_t_post": read[n]["t_post"][1] for n in HARMFUL_LIKE if n in read}
 
 
-def pick_margin(candidates: list[dict], max_movement: float) -> tuple[float, bool]:
-    """(margin, whether it met the rule): the largest candidate margin whose `safe_movement` is at most
-    `max_movement`; the smallest margin when none is."""
-    ok = [c["margin"] for c in candidates if c["safe_movement"] <= max_movement]
-    if ok:
-        return max(ok), True
-    return min(c["margin"] for c in candidates), False
+def pick_margin(candidates: list[dict]) -> tuple[float, bool]:
+    """(margin, whether it met the rule) from calibration rows in the order tried (weakest first): the
+    last margin of the leading run that meets the rule; the first margin, unmet, when it already fails."""
+    chosen = None
+    for c in candidates:
+        if not c["meets_rule"]:
+            break
+        chosen = c["margin"]
+    return (chosen, True) if chosen is not None else (candidates[0]["margin"], False)

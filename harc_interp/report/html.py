@@ -146,7 +146,13 @@ def coupling_section(c: dict) -> str:
         ["harmless KL over answers", base["harmless_response_kl"], tuned["harmless_response_kl"]],
     ]  # fmt: skip
     calibration = [
-        [slot, cand["margin"], cand["safe_movement"], "picked" if cand["margin"] == c["margin"][slot] else ""]
+        [
+            slot,
+            cand["margin"],
+            cand["safe_refusal"],
+            cand["safe_movement"],
+            "picked" if cand["margin"] == c["margin"][slot] else "",
+        ]
         for slot, cal in c["calibration"].items()
         for cand in cal["candidates"]
     ]
@@ -165,7 +171,7 @@ def coupling_section(c: dict) -> str:
             f"{n['harmless']} harmless prompts.</p>",
             _table(rows, ["held out", "base", "coupled"]),
             "<h3>Margin calibration (validation rows)</h3>",
-            _table(calibration, ["slot", "margin", "safe-prompt movement", ""]),
+            _table(calibration, ["slot", "margin", "safe refusal (validation)", "safe-prompt movement", ""]),
             f"<h3>Verify</h3><p><b>{'confined' if v['confined'] else 'NOT confined'}</b> to the plane at "
             f"slot(s) {v['checked_slots']} (tolerance {v['tolerance']:g}, relative out-of-plane change, worst "
             f"per position group: {html.escape(where)}).</p>",
