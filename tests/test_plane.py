@@ -14,9 +14,11 @@ from harc_interp.data.prompts import AttackTemplate, Prompt, PromptSet
 from harc_interp.directions import Directions
 from harc_interp.plane import (
     PlaneBasis,
+    PlaneConfig,
     class_geometry,
     plane_basis,
     plane_coordinates,
+    run_plane,
     separability,
     study_prompts,
     suppression,
@@ -342,3 +344,25 @@ def test_plane_cli_end_to_end_on_tiny_model(
     # An artifact from another template (here: another system prompt) is refused.
     assert main([*argv, "--system-prompt", "Be brief.", "--force"]) == 2
     assert "different chat template" in capsys.readouterr().err
+
+
+def test_a_rerun_into_the_same_folder_reuses_the_residuals_and_answers(
+    tiny, tiny_directions, tmp_path, monkeypatch
+):
+    import harc_interp.plane.stage as stage
+
+    prompts = starter_prompts("harmful").sample(3) + starter_prompts("harmless").sample(3)
+    config = PlaneConfig(max_new_tokens=3)
+    first = run_plane(tiny, tiny_directions, prompts, tmp_path, config, progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished plane stage was recomputed")
+
+    monkeypatch.setattr(stage, "cache_residuals", refuse)
+    monkeypatch.setattr(stage, "generate", refuse)
+    again = run_plane(tiny, tiny_directions, prompts, tmp_path, config, progress=False)
+    assert again.complied == first.complied
+    assert all(torch.equal(again.coords[s].oblique, first.coords[s].oblique) for s in first.coords)
+    # other prompts are another run: recomputed, not read from the cache
+    with pytest.raises(AssertionError, match="recomputed"):
+        run_plane(tiny, tiny_directions, prompts.sample(4), tmp_path, config, progress=False)

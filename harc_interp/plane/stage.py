@@ -9,9 +9,20 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..artifacts import now, provenance, stamp_schema, versions, write_json, write_jsonl
+import torch
+
+from ..artifacts import (
+    cached_json,
+    cached_tensors,
+    now,
+    provenance,
+    stamp_schema,
+    versions,
+    write_json,
+    write_jsonl,
+)
 from ..capture.activations import CacheConfig, cache_residuals
-from ..capture.generate import generate
+from ..capture.generate import Generation, generate
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
@@ -83,21 +94,35 @@ def run_plane(
     slot = resolve_slot(directions, config.layer)
     if len(prompts) == 0:
         raise HarcError("no prompts for the plane")
-    acts = cache_residuals(
-        model,
-        prompts,
-        config=CacheConfig(
-            layers=tuple(directions.layers),
-            positions=PLANE_POSITIONS,
-            batch_size=config.batch_size,
-            system_prompt=config.system_prompt,
-        ),
-        progress=progress,
+    cache_config = CacheConfig(
+        layers=tuple(directions.layers),
+        positions=PLANE_POSITIONS,
+        batch_size=config.batch_size,
+        system_prompt=config.system_prompt,
     )
+    # What the residuals and answers depend on: a rerun of the main job (or of `harc plane` into the same
+    # folder) reuses them instead of redoing the stage's forward passes and generation.
+    key = {
+        "fingerprint": model.fingerprint,
+        "template_hash": fmt.template_hash,
+        "ids": prompts.ids,
+        "texts": prompts.texts,
+        "layers": list(directions.layers),
+        "system_prompt": config.system_prompt,
+    }
+
+    def residuals() -> dict[str, torch.Tensor]:
+        acts = cache_residuals(model, prompts, config=cache_config, progress=progress)
+        return {"resid": acts.resid}
+
+    cache_dir = Path(out_dir) / "cache" if out_dir is not None and model.fingerprint else None
+    resid = (
+        cached_tensors(cache_dir / "residuals.safetensors", key, residuals) if cache_dir else residuals()
+    )["resid"]
     coords, skipped = {}, {}
-    for i, s in enumerate(acts.layers):
+    for i, s in enumerate(directions.layers):
         try:
-            coords[s] = plane_coordinates(acts.resid[:, i], directions, s)
+            coords[s] = plane_coordinates(resid[:, i], directions, s)
         except HarcError as e:
             skipped[s] = str(e)
     if slot not in coords:
@@ -106,14 +131,23 @@ def run_plane(
     complied: tuple[bool | None, ...] = (None,) * len(prompts)
     gens = []
     if config.max_new_tokens > 0:
-        gens = generate(
-            model,
-            prompts,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.batch_size,
-            system_prompt=config.system_prompt,
-            progress=progress,
-        )
+
+        def answers() -> list[dict]:
+            return [
+                asdict(g)
+                for g in generate(
+                    model,
+                    prompts,
+                    max_new_tokens=config.max_new_tokens,
+                    batch_size=config.batch_size,
+                    system_prompt=config.system_prompt,
+                    progress=progress,
+                )
+            ]
+
+        gen_key = key | {"max_new_tokens": config.max_new_tokens}
+        rows = cached_json(cache_dir / "generations.json", answers, key=gen_key) if cache_dir else answers()
+        gens = [Generation(**(r | {"response_ids": tuple(r["response_ids"])})) for r in rows]
         complied = tuple(not judge(g.response) for g in gens)
     geometry = {
         kind: class_geometry(
