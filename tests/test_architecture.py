@@ -1,7 +1,8 @@
 """The architecture contract: the package's folders are layers, and imports flow one way.
 
 foundation (errors, shapes, artifacts) ← model ← data ← capture ← directions ← plane ← coupling ←
-baselines ← evaluation ← report ← cli. A module may import from its own layer and the layers before it, never from
+baselines ← attacks ← evaluation ← report ← cli (attacks: adaptive attacks on a defended model, which
+evaluation may run but which never import it). A module may import from its own layer and the layers before it, never from
 a later one (imports inside functions count too). `__init__` re-exports are the one exception at the
 top: the package namespace gathers every stage.
 """
@@ -15,7 +16,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "harc_interp"
 FOUNDATION = ("errors", "shapes", "artifacts")
 LAYERS = (
-    "model", "data", "capture", "directions", "plane", "coupling", "baselines", "evaluation", "report", "cli"
+    "model", "data", "capture", "directions", "plane", "coupling", "baselines", "attacks", "evaluation",
+    "report", "cli",
 )  # fmt: skip
 
 

@@ -97,25 +97,32 @@ def forward_batch(
     batch: Batch,
     hooks: Sequence[tuple[str, HookFn]] = (),
     *,
-    logits: str | None = None,
+    logits: str | int | None = None,
     grad: bool = False,
     prefix: SharedPrefix | None = None,
     resume: tuple[int, Tensor] | None = None,
+    inputs_embeds: Tensor | None = None,
 ) -> Tensor | None:
     """One forward pass of a left-padded `Batch` with `hooks` and its span declared.
 
     `logits`: None (hooks collect what they need; the head runs on the last position at most),
-    "last" ([batch, vocab] at the last position) or "all" ([batch, pos, vocab]). A hook may end the
-    pass early by raising `StopForward` (then nothing is returned). `grad` keeps the autograd graph
-    (training through the model); otherwise the pass runs under no_grad.
+    "last" ([batch, vocab] at the last position), "all" ([batch, pos, vocab]) or an int k ([batch, k,
+    vocab] at the last k positions: a teacher-forced target's read-out without the head's cost over the
+    whole prompt). A hook may end the pass early by raising `StopForward` (then nothing is returned).
+    `grad` keeps the autograd graph (training through the model); otherwise the pass runs under no_grad.
 
     `prefix`: the batch holds the tokens after a `SharedPrefix` computed under the same hooks; they
     attend to its cache at the positions that follow it, as if each prompt were run whole.
     `resume=(slot, resid)`: start at block `slot` from `resid` (the residual there, [batch, pos,
-    d_model], of an unedited pass of the same batch); every hook must act at or above `slot`."""
-    if logits not in (None, "last", "all"):
-        raise HarcError(f"logits must be None, 'last' or 'all', got {logits!r}")
-    kwargs = {} if logits == "all" else {"logits_to_keep": 1}
+    d_model], of an unedited pass of the same batch); every hook must act at or above `slot`.
+    `inputs_embeds` ([batch, pos, d_model]) replaces the token embeddings of `batch.input_ids` (which
+    still give the shape, mask and span): a gradient w.r.t. one-hot tokens flows through every hook."""
+    last_k = isinstance(logits, int) and not isinstance(logits, bool)
+    if not (logits in (None, "last", "all") or (last_k and logits >= 1)):
+        raise HarcError(f"logits must be None, 'last', 'all' or a positive int, got {logits!r}")
+    kwargs = {} if logits == "all" else {"logits_to_keep": logits if last_k else 1}
+    if inputs_embeds is not None:
+        kwargs["inputs_embeds"] = inputs_embeds
     if prefix is not None:
         mask = batch.attention_mask
         cache, full_mask = prefix.for_batch(mask)
@@ -144,9 +151,11 @@ def _hf_forward(model: HarcModel, batch: Batch, hooks, *, grad: bool, **kwargs):
     """The package's one call of the HF model: span declared, hooks registered, both removed after."""
     device = model.device
     kwargs = {"attention_mask": batch.attention_mask, "use_cache": False, **kwargs}
+    if "inputs_embeds" not in kwargs:
+        kwargs["input_ids"] = batch.input_ids
     kwargs = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in kwargs.items()}
     with torch.set_grad_enabled(grad), model.hooks(hooks), model.span(batch.span_role.to(device)):
-        return model.hf(input_ids=batch.input_ids.to(device), **kwargs)
+        return model.hf(**kwargs)
 
 
 def response_logprobs(logits: Tensor, chats: Sequence[ChatPrompt], batch: Batch) -> list[Tensor]:

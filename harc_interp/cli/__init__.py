@@ -10,7 +10,7 @@ import sys
 
 from ..errors import HarcError
 from ..model.hooked import resolve_device
-from . import data_verbs, directions_verbs, intervention_verbs, judge_verbs, plane_verbs
+from . import attack_verbs, data_verbs, directions_verbs, intervention_verbs, judge_verbs, plane_verbs
 from .common import check_output, record_output
 
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harc", description="Harmfulness and refusal directions in chat LLMs."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    for verbs in (directions_verbs, data_verbs, plane_verbs, intervention_verbs, judge_verbs):
+    for verbs in (directions_verbs, data_verbs, plane_verbs, intervention_verbs, judge_verbs, attack_verbs):
         verbs.add_parsers(sub)
     return parser
 

@@ -35,6 +35,8 @@ SECTIONS = (
     "eval",
     "splits",
     "verify",
+    "gcg",
+    "pair",
 )
 
 

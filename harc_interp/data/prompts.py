@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import HarcError
 
-STARTER_SETS = ("harmful", "harmless", "borderline", "attacks")
+STARTER_SETS = ("harmful", "harmless", "borderline", "attacks", "paper_attacks")
 _KNOWN = ("id", "prompt", "label", "category", "attack_class", "goal")
 
 
@@ -36,6 +36,20 @@ class Prompt:
         return getattr(self, name) if name in _KNOWN else self.meta.get(name)
 
 
+def _python_words(name: str, words: Sequence[str]) -> str:
+    return "\n".join(f"    {name}.append({json.dumps(w)})" for w in words)
+
+
+# How a template may encode the request before it replaces the placeholder (CodeAttack's code
+# encodings): the request's words as Python list appends, pushed onto a stack in reverse (popping gives
+# them in order), or one Python string literal. json.dumps gives a valid Python literal for any text.
+GOAL_ENCODINGS = {
+    "python_list": lambda r: _python_words("my_list", r.split()),
+    "python_stack": lambda r: _python_words("my_stack", r.split()[::-1]),
+    "python_string": lambda r: f"    my_string = {json.dumps(r)}",
+}
+
+
 @dataclass(frozen=True)
 class AttackTemplate:
     id: str
@@ -43,10 +57,18 @@ class AttackTemplate:
     attack_class: str
     placeholder: str = "[INSERT PROMPT HERE]"
     method: str | None = None
+    encoding: str | None = None  # a GOAL_ENCODINGS key: the request is encoded before it is inserted
+
+    def __post_init__(self):
+        if self.encoding is not None and self.encoding not in GOAL_ENCODINGS:
+            raise HarcError(
+                f"attack template '{self.id}': unknown encoding {self.encoding!r}; known: {sorted(GOAL_ENCODINGS)}"
+            )
 
     def fill(self, request: str) -> str:
-        """The attack prompt with `request` in place of the placeholder."""
-        return self.template.replace(self.placeholder, request)
+        """The attack prompt with `request` (encoded first, with an `encoding`) in place of the placeholder."""
+        text = request if self.encoding is None else GOAL_ENCODINGS[self.encoding](request)
+        return self.template.replace(self.placeholder, text)
 
 
 @dataclass(frozen=True)
@@ -203,7 +225,14 @@ def prompts_from_rows(name: str, rows: Iterable[tuple[str, dict]], label: str | 
             if row["template"].count(placeholder) != 1:
                 raise HarcError(f"{where}: template must contain the placeholder {placeholder!r} once")
             cls = row.get("attack_class") or "template"
-            templates.append(AttackTemplate(rid, row["template"], cls, placeholder, row.get("method")))
+            try:
+                templates.append(
+                    AttackTemplate(
+                        rid, row["template"], cls, placeholder, row.get("method"), row.get("encoding")
+                    )
+                )
+            except HarcError as e:
+                raise HarcError(f"{where}: {e}") from None
             continue
         text = row.get("prompt")
         if not isinstance(text, str) or not text.strip():
