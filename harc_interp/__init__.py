@@ -1,10 +1,11 @@
 """harc_interp: harmfulness and refusal directions, jailbreak geometry and the HARC coupling.
 
 The package's folders are the method, imports flowing one way: `model` → `data` → `capture` →
-`directions` → `plane` → `coupling` → `evaluation` → `report` → `cli`. This namespace gathers each
-stage's entry point, config and result.
+`directions` → `plane` → `coupling` → `baselines` → `attacks` → `evaluation` → `report` → `cli`. This
+namespace gathers each stage's entry point, config and result.
 """
 
+from .attacks import GCGConfig, PairConfig, pap_rewrites
 from .capture import (
     DEFAULT_JUDGE,
     Activations,
@@ -35,6 +36,7 @@ from .data import (
     expand_attacks,
     formatter_for,
     load_prompts,
+    paper_attack_templates,
     safety_splits,
     starter_prompts,
 )
@@ -47,7 +49,14 @@ from .directions import (
     score_prompts,
 )
 from .errors import HarcError
-from .evaluation import EvalConfig, VerifyConfig, confinement_report, evaluate_safety
+from .evaluation import (
+    CompareConfig,
+    EvalConfig,
+    VerifyConfig,
+    compare_methods,
+    confinement_report,
+    evaluate_safety,
+)
 from .model import (
     DEFAULT_MODEL,
     OFFLINE_MODELS,
@@ -67,7 +76,7 @@ from .plane import (
     run_trajectories,
     study_prompts,
 )
-from .report import run_main
+from .report import run_main, tradeoff_figure, write_tradeoff_figure
 
 __all__ = [
     "DEFAULT_JUDGE",
@@ -78,10 +87,12 @@ __all__ = [
     "CacheConfig",
     "ChatFormatter",
     "ChatPrompt",
+    "CompareConfig",
     "CouplingIntervention",
     "Directions",
     "DirectionsConfig",
     "EvalConfig",
+    "GCGConfig",
     "Generation",
     "HarcError",
     "HarcModel",
@@ -90,6 +101,7 @@ __all__ = [
     "LinearProbes",
     "LoraConfig",
     "PhraseJudge",
+    "PairConfig",
     "PlaneConfig",
     "PlaneResult",
     "Prompt",
@@ -105,6 +117,7 @@ __all__ = [
     "ablation_hooks",
     "addition_hooks",
     "cache_residuals",
+    "compare_methods",
     "confinement_report",
     "evaluate_safety",
     "expand_attacks",
@@ -114,6 +127,8 @@ __all__ = [
     "load_intervention",
     "load_model",
     "load_prompts",
+    "pap_rewrites",
+    "paper_attack_templates",
     "resid_hook_name",
     "run_main",
     "run_plane",
@@ -122,6 +137,8 @@ __all__ = [
     "score_prompts",
     "starter_prompts",
     "study_prompts",
+    "tradeoff_figure",
     "train_lora",
     "train_subspace",
+    "write_tradeoff_figure",
 ]

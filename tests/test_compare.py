@@ -42,7 +42,7 @@ def test_compare_writes_one_row_per_method_and_resumes_finished_methods(
 
 def test_compare_names_the_training_time_methods_it_lacks():
     with pytest.raises(HarcError, match="not built yet"):
-        CompareConfig(methods=("base", "dpo"))
+        CompareConfig(methods=("base", "harc_lora"))
 
 
 def test_harc_compare_runs_from_the_command_line(tiny_dir, tiny_directions_dir, tmp_path, capsys):
@@ -51,9 +51,39 @@ def test_harc_compare_runs_from_the_command_line(tiny_dir, tiny_directions_dir, 
     common = ["--model", str(tiny_dir), "--directions", str(tiny_directions_dir), "--max-per-class", "2"]
     args = [*common, "--quiet", "--max-new-tokens", "2", "--samples", "0", "--out"]
     assert main(["compare", *args, str(tmp_path / "c"), "--methods", "base,smoothllm"]) == 0
-    assert "| smoothllm |" in (tmp_path / "c" / "comparison.md").read_text()
+    md = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| smoothllm |" in md and "[PNG](tradeoff.png)" in md and "[SVG](tradeoff.svg)" in md
+    assert all((tmp_path / "c" / f"tradeoff.{ext}").is_file() for ext in ("html", "png", "svg"))
     responses = json.loads((tmp_path / "c" / "methods" / "smoothllm" / "responses.json").read_text())
     assert all("refused_share" in row for row in responses["harmful"])
     capsys.readouterr()
-    assert main(["compare", *args, str(tmp_path / "d"), "--methods", "base,repbend"]) == 2
+    assert main(["compare", *args, str(tmp_path / "d"), "--methods", "base,harc_lora"]) == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+def test_the_paper_preset_sets_what_it_says_and_flags_override_it():
+    from harc_interp.cli import build_parser
+    from harc_interp.cli.intervention_verbs import compare_configs
+    from harc_interp.evaluation.compare import PRESETS
+
+    parse = build_parser().parse_args
+    common = ["compare", "--directions", "d", "--out", "o"]
+    plain, cap = compare_configs(parse(common))
+    assert (
+        plain == CompareConfig(eval=EvalConfig(samples=4), calibration=SteeringCalibration()) and cap is None
+    )  # no preset: the config's defaults and SplitConfig's cap
+    paper, cap = compare_configs(parse([*common, "--preset", "paper", "--system-prompt", "Be brief."]))
+    want = PRESETS["paper"].config
+    assert paper.eval.max_new_tokens == 512 and paper.eval.samples == 8 and paper.eval.batch_size == 64
+    assert paper.humaneval == 164 and paper.smoothllm.n_copies == 10 and cap == 64
+    assert paper.calibration.max_per_group == 64 and paper.calibration.max_new_tokens == 64
+    assert paper.methods == want.methods and paper.throughput_tokens == 128
+    assert paper.eval.system_prompt == paper.calibration.system_prompt == "Be brief."
+    flags = ["--max-new-tokens", "32", "--samples", "0", "--batch-size", "8", "--humaneval", "0"]
+    over, cap = compare_configs(
+        parse([*common, "--preset", "paper", *flags, "--max-per-class", "3", "--methods", "base,harc"])
+    )
+    assert (over.eval.max_new_tokens, over.eval.samples, over.eval.batch_size) == (32, 0, 8)
+    assert over.calibration.batch_size == 8 and over.calibration.max_per_group == 64  # the rest kept
+    assert over.humaneval == 0 and cap == 3 and over.methods == ("base", "harc")
+    assert over.smoothllm == want.smoothllm

@@ -97,3 +97,76 @@ def test_write_figure_writes_html_png_svg_and_the_report_links_them(monkeypatch,
     block = _figure(tmp_path, paths[0], "The plane")
     assert 'href="figures/plane.png"' in block and 'href="figures/plane.svg"' in block
     assert write_figure(fig, tmp_path / "other", static=False) == [tmp_path / "other.html"]
+
+
+def _comparison(humaneval: bool = False) -> dict:
+    """A hand-made comparison.json: harc and actadd on the front, base and smoothllm behind it."""
+    rows = {
+        "base": (0.8, 0.30, 0.0, 0.56),
+        "harc": (0.2, 0.25, 0.05, 0.52),
+        "actadd": (0.1, 0.60, 0.4, 0.40),
+        "smoothllm": (0.5, 0.40, 0.1, 0.30),
+    }
+    return {
+        "methods": [
+            {
+                "method": name,
+                "mean_asr": asr,
+                "over_refusal": refusal + 0.1,
+                "over_refusal_sampled": refusal,
+                "harmless_kl": kl,
+                "humaneval_pass_at_1": he if humaneval else None,
+            }
+            for name, (asr, refusal, kl, he) in rows.items()
+        ]
+    }
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    from harc_interp.report.figures import pareto_front
+
+    points = [(0.8, 0.3), (0.2, 0.25), (0.1, 0.6), (0.5, 0.4), (0.2, 0.25), (0.2, 0.5), (0.9, 0.1)]
+    # (0.5, 0.4) and (0.8, 0.3) are beaten by (0.2, 0.25); (0.2, 0.5) ties on x but is higher; ties are kept
+    assert pareto_front(points) == [2, 1, 4, 6]
+    assert pareto_front([(0.3, 0.3)]) == [0] and pareto_front([]) == []
+
+
+def test_tradeoff_figure_highlights_harc_draws_the_front_and_writes_png_svg(monkeypatch, tmp_path):
+    from harc_interp.report.figures import tradeoff_figure, write_tradeoff_figure
+
+    fig = tradeoff_figure(_comparison())
+    methods = [t for t in fig.data if t.meta["kind"] == "method"]
+    assert [t.meta["method"] for t in methods] == ["base", "harc", "actadd", "smoothllm"]
+    harc = next(t for t in methods if t.meta["highlight"])
+    assert harc.meta["method"] == "harc" and harc.marker.symbol == "star" and harc.marker.line.width == 2
+    assert not any(t.meta["highlight"] for t in methods if t is not harc)
+    assert (harc.x[0], harc.y[0]) == (0.2, 0.25)  # sampled over-refusal when every method has it
+    front = next(t for t in fig.data if t.meta["kind"] == "front")
+    assert front.meta["methods"] == ["actadd", "harc"]
+    assert (list(front.x), list(front.y)) == ([0.1, 0.2, 0.2, 0.8], [0.6, 0.6, 0.25, 0.25])  # steps
+    assert "exp(−harmless KL)" in fig.layout.title.text
+    # capability is HumanEval when present: the larger pass@1, the larger the marker
+    he = tradeoff_figure(_comparison(humaneval=True))
+    sizes = {t.meta["method"]: t.marker.size for t in he.data if t.meta["kind"] == "method"}
+    assert sizes["base"] > sizes["harc"] > sizes["actadd"] > sizes["smoothllm"]
+    assert "HumanEval pass@1" in he.layout.title.text
+    # greedy over-refusal when a method lacks sampled answers
+    greedy = _comparison()
+    greedy["methods"][0]["over_refusal_sampled"] = None
+    g = tradeoff_figure(greedy)
+    assert g.layout.yaxis.title.text == "over-refusal (greedy)" and g.data[1].y[0] == 0.35
+
+    monkeypatch.setattr(static, "_RENDERER", "matplotlib")
+    mfig = static.to_matplotlib(fig)
+    labels = mfig.axes[0].get_legend_handles_labels()[1]
+    assert "harc (0.95)" in labels and "Pareto front" in labels
+    paths = write_tradeoff_figure(_comparison(), tmp_path)
+    assert [p.name for p in paths] == ["tradeoff.html", "tradeoff.png", "tradeoff.svg"]
+    _check_files(paths[1:])
+
+
+def test_pareto_staircase_steps_between_front_points_and_runs_to_the_axes_ends():
+    from harc_interp.report.figures import pareto_staircase
+
+    assert pareto_staircase([(0.0, 0.125)], 0.5, 0.375) == ([0.0, 0.0, 0.5], [0.375, 0.125, 0.125])
+    assert pareto_staircase([], 1.0, 1.0) == ([], [])

@@ -10,7 +10,7 @@ from ..coupling.lora import LoraConfig
 from ..coupling.subspace import SubspaceConfig
 from ..data.prompts import SplitConfig
 from ..errors import HarcError
-from ..evaluation.compare import CompareConfig
+from ..evaluation.compare import PRESETS, CompareConfig, ComparePreset
 from ..evaluation.safety import EvalConfig
 from ..evaluation.verify import VerifyConfig
 from .common import (
@@ -26,6 +26,7 @@ from .common import (
 )
 
 S = SubspaceConfig
+_CMP = CompareConfig()
 # The subspace-only flags: (flag dest, SubspaceConfig field, help).
 SUBSPACE_FLAGS = (
     ("slots", "slots", "coupling layer slots (default: 0.6 of the depth, reading the span at 0.25 and 0.42 too)"),
@@ -160,19 +161,43 @@ def add_parsers(sub) -> None:
     _data_args(cmp)
     cmp.add_argument("--directions", required=True)
     cmp.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="named settings; explicit flags override them. paper (GPU scale, with --device cuda --dtype "
+        + "bfloat16): "
+        + _preset_summary(PRESETS["paper"]),
+    )
+    cmp.add_argument(
         "--methods",
-        default=",".join(CompareConfig.methods),
-        help="comma-separated, from base, harc, actadd, cast, self_reminder, smoothllm (default: all)",
+        default=None,
+        help="comma-separated, from base, harc, actadd, cast, self_reminder, smoothllm and the training-time "
+        "sft, dpo, circuit_breakers, repbend (LoRA, minutes each on CPU; default: base, harc and the four "
+        "inference-time ones)",
     )
     cmp.add_argument(
         "--coupling",
         default=None,
         help="HARC's coupling, trained on the same training split (default: trained here with the defaults)",
     )
-    cmp.add_argument("--max-new-tokens", type=int, default=None, help=f"default {EvalConfig.max_new_tokens}")
-    cmp.add_argument("--samples", type=int, default=None, help="sampled answers per safe prompt (default 4)")
     cmp.add_argument(
-        "--humaneval", type=int, default=0, metavar="N", help="HumanEval problems per method (0: none)"
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help=f"evaluation answer length (default {EvalConfig.max_new_tokens}; the calibration keeps its own)",
+    )
+    cmp.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"sampled answers per safe prompt (default {_CMP.eval.samples})",
+    )
+    cmp.add_argument(
+        "--humaneval",
+        type=int,
+        default=None,
+        metavar="N",
+        help="HumanEval problems per method (default 0: none)",
     )
     cmp.add_argument("--out", required=True)
     cmp.set_defaults(func=cmd_compare)
@@ -269,31 +294,72 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return {"out": str(out), "mode": args.mode, "train_sizes": {k: len(v) for k, v in train_sets.items()}}
 
 
-def cmd_compare(args: argparse.Namespace) -> dict:
-    """`harc compare`: every chosen method set up on the training split and judged on the held-out one."""
+def _preset_summary(preset: ComparePreset) -> str:
+    """What a preset sets, in flag terms (the --help text and the docs say the same)."""
+    c = preset.config
+    return (
+        f"--max-new-tokens {c.eval.max_new_tokens}, --samples {c.eval.samples}, --batch-size "
+        f"{c.eval.batch_size}, --humaneval {c.humaneval}, --max-per-class {preset.max_per_class}; steering "
+        f"calibration on {c.calibration.max_per_group} validation rows per group with "
+        f"{c.calibration.max_new_tokens}-token answers; SmoothLLM {c.smoothllm.n_copies} copies at "
+        f"{c.smoothllm.rate:g} {c.smoothllm.kind}; throughput {c.throughput_prompts} prompts x "
+        f"{c.throughput_tokens} tokens"
+    )
+
+
+def compare_configs(args: argparse.Namespace) -> tuple[CompareConfig, int | None]:
+    """(CompareConfig, the split's attack-class cap) of `harc compare`: the defaults or --preset's, then
+    the flags given (--methods, --max-new-tokens, --samples, --batch-size, --humaneval, --max-per-class,
+    --system-prompt)."""
     from dataclasses import replace
 
-    from ..evaluation.compare import compare_methods
-
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    defaults = CompareConfig()
-    flags = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "samples": args.samples}
+    preset = PRESETS[args.preset] if args.preset else ComparePreset(CompareConfig())
+    base = preset.config
+    given = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "samples": args.samples}
     eval_config = replace(
-        defaults.eval,
-        **{k: v for k, v in flags.items() if v is not None},
-        system_prompt=args.system_prompt,
+        base.eval, **{k: v for k, v in given.items() if v is not None}, system_prompt=args.system_prompt
     )
-    config = CompareConfig(methods=methods, eval=eval_config, humaneval=args.humaneval)
+    # The steering calibration answers with the same system prompt and batch size as the evaluation.
+    calibration = replace(
+        base.calibration,
+        system_prompt=args.system_prompt,
+        **({"batch_size": args.batch_size} if args.batch_size else {}),
+    )
+    changes = {"eval": eval_config, "calibration": calibration}
+    if args.methods is not None:
+        changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if args.humaneval is not None:
+        changes["humaneval"] = args.humaneval
+    max_per_class = args.max_per_class if args.max_per_class is not None else preset.max_per_class
+    return replace(base, **changes), max_per_class
+
+
+def cmd_compare(args: argparse.Namespace) -> dict:
+    """`harc compare`: every chosen method set up on the training split and judged on the held-out one;
+    the trade-off figure (attack success vs over-refusal) beside the table."""
+    from ..artifacts import write_text
+    from ..evaluation.compare import compare_methods
+    from ..report.figures import write_tradeoff_figure
+
+    config, max_per_class = compare_configs(args)  # before loading anything: a bad flag costs nothing
+    args = argparse.Namespace(**vars(args) | {"max_per_class": max_per_class})
     d = read_directions(args)
     train, ev = safety_sets(args, d)
     model = attach_model(args, d)
     ev = {k: within_context(model, args, v) for k, v in ev.items()}
+    out = Path(args.out)
     result = compare_methods(
-        model, d, train, ev, args.out, config, coupling_dir=args.coupling, progress=not args.quiet
+        model, d, train, ev, out, config, coupling_dir=args.coupling, progress=not args.quiet
     )
+    figures = write_tradeoff_figure(result, out)
+    md = out / "comparison.md"
+    links = ", ".join(f"[{p.suffix[1:].upper()}]({p.name})" for p in figures)
+    write_text(md, md.read_text() + f"\nTrade-off figure (attack success vs over-refusal): {links}.\n")
     return {
-        "comparison": str(Path(args.out) / "comparison.md"),
+        "comparison": str(md),
+        "figures": [str(p) for p in figures],
         "methods": [r["method"] for r in result["methods"]],
+        **({"preset": args.preset} if args.preset else {}),
     }
 
 

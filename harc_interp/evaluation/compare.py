@@ -23,6 +23,7 @@ from ..baselines.inference import (
     calibrate_condition,
     cast_variant,
 )
+from ..baselines.training import TRAINING_METHODS, TrainingBaselineConfig, baseline_variant, train_baseline
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..capture.responding import respond
 from ..coupling.load import load_intervention
@@ -35,20 +36,23 @@ from .humaneval import HumanEvalConfig, humaneval_pass_at_1
 from .safety import EvalConfig, evaluate_safety
 
 INFERENCE_METHODS = ("actadd", "cast", "self_reminder", "smoothllm")
-METHODS = ("base", "harc", *INFERENCE_METHODS)
-NOT_YET = ("sft", "dpo", "circuit_breakers", "repbend", "harc_lora")  # training-time, not built yet
+DEFAULT_METHODS = ("base", "harc", *INFERENCE_METHODS)  # the training-time ones on request (minutes each)
+METHODS = (*DEFAULT_METHODS, *TRAINING_METHODS)
+NOT_YET = ("harc_lora",)  # training-time, not built yet
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
-    ensemble, HumanEval (`humaneval`: number of problems, 0 for none) and the throughput probe
-    (`throughput_prompts` harmless held-out prompts answered with `throughput_tokens` tokens)."""
+    ensemble, the training-time baselines' hyperparameters (`training`), HumanEval (`humaneval`: number
+    of problems, 0 for none) and the throughput probe (`throughput_prompts` harmless held-out prompts
+    answered with `throughput_tokens` tokens)."""
 
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(samples=4))
     calibration: SteeringCalibration = field(default_factory=SteeringCalibration)
     smoothllm: SmoothLLM = field(default_factory=SmoothLLM)
+    training: TrainingBaselineConfig = field(default_factory=TrainingBaselineConfig)
     humaneval: int = 0
     throughput_prompts: int = 8
     throughput_tokens: int = 32
@@ -63,6 +67,36 @@ class CompareConfig:
             )
         if not self.methods:
             raise HarcError("compare needs at least one method")
+
+
+@dataclass(frozen=True)
+class ComparePreset:
+    """A named set of `compare` settings: the config (every method) and the split's attack-class cap
+    (`max_per_class`, None: SplitConfig's). `harc compare --preset NAME` applies it; flags override it."""
+
+    config: CompareConfig
+    max_per_class: int | None = None
+
+
+# The METHOD's results (§6) are 7–8B models on a GPU. It names no counts, so each number comes from a
+# convention: 512 new tokens is HarmBench's generation length (a classifier judge reads the answer, not
+# its opening), 8 samples per safe prompt the design notes' sampled over-refusal, 10 copies at 10% swaps
+# SmoothLLM's reference setting, all 164 HumanEval problems the helpfulness benchmark, 64 validation
+# rows per group and 64 prompts per attack class so that a 1-prompt change is under 2 points.
+PRESETS: dict[str, ComparePreset] = {
+    "paper": ComparePreset(
+        CompareConfig(
+            eval=EvalConfig(max_new_tokens=512, batch_size=64, samples=8),
+            calibration=SteeringCalibration(max_new_tokens=64, max_per_group=64, batch_size=64),
+            smoothllm=SmoothLLM(n_copies=10, rate=0.1, kind="swap"),
+            humaneval=164,
+            throughput_prompts=32,
+            throughput_tokens=128,
+        ),
+        max_per_class=64,
+    ),
+}
+"""Named `compare` settings. "paper": GPU scale (pair it with `--device cuda --dtype bfloat16`)."""
 
 
 def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupling_dir, subspace, judge):
@@ -103,6 +137,13 @@ def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupli
     if name == "smoothllm":
         variant = Variant(name=name, prompts=cfg.smoothllm)
         return (lambda: _plain(variant)), {"trainable_parameters": 0, "smoothllm": asdict(cfg.smoothllm)}
+    if name in TRAINING_METHODS:
+        # the generated training answers are shared by every training-time method of this comparison
+        data_dir = out.parent.parent / "training_data"
+        rec = train_baseline(model, name, train, out, cfg.training, judge, data_dir=data_dir, progress=False)
+        keep = ("trainable_parameters", "training_seconds", "data_seconds", "adapter", "slots", "n_examples")
+        record = {k: rec[k] for k in (*keep, "final_losses")}
+        return (lambda: baseline_variant(model, rec["adapter"], name)), record
     raise HarcError(f"unknown method {name!r}")
 
 
@@ -165,7 +206,7 @@ def compare_methods(
     progress: bool = True,
 ) -> dict:
     """Every method of `config` set up on `train` and evaluated on `held_out` (the same prompts, judge,
-    white-box attack slot and settings for all); writes comparison.json/.md and the trade-off figure
+    white-box attack slot and settings for all); writes comparison.json/.md (the CLI adds the trade-off figure)
     to `out_dir`. `coupling_dir`: HARC's coupling, already trained on this `train` split (default:
     trained here with the calibrated defaults)."""
     config = config or CompareConfig()
@@ -223,6 +264,8 @@ def compare_methods(
             }
 
         extra = {"coupling_dir": str(coupling_dir)} if name == "harc" and coupling_dir else {}
+        if name in TRAINING_METHODS:  # keyed only where it matters: other methods' caches stay valid
+            extra = {"training": asdict(config.training)}
         settings = {"calibration": asdict(config.calibration), "smoothllm": asdict(config.smoothllm)}
         rows[name] = cached_json(
             method_dir / "result.json", run, key=key | {"method": name} | settings | extra

@@ -439,3 +439,117 @@ def write_trajectory_figures(result, out_dir: str | Path, model_name: str) -> li
         title=f"Response tokens on the response-side directions, {model_name}, slot {result.slot}",
     )
     return write_figure(fig, Path(out_dir) / "figures" / "trajectories")
+
+
+# ------------------------------------------------------------------------------------------------
+# `harc compare`: attack success against over-refusal
+
+
+def pareto_front(points) -> list[int]:
+    """Indices of the points no other point beats (lower is better on both coordinates: at most as high
+    on each and lower on one), in increasing order of the first coordinate. Equal points are all kept."""
+    pts = [(float(x), float(y)) for x, y in points]
+    front = [
+        i for i, (x, y) in enumerate(pts) if not any(a <= x and b <= y and (a < x or b < y) for a, b in pts)
+    ]
+    return sorted(front, key=lambda i: pts[i])
+
+
+def pareto_staircase(front, x_max: float, y_max: float) -> tuple[list[float], list[float]]:
+    """The boundary of what the `front` points (x increasing) beat, as x and y lists: down from `y_max`
+    at the first point, a step at each next one, then across to `x_max`. Steps rather than straight
+    segments: a point between two front methods is no method's result."""
+    if not front:
+        return [], []
+    corners = [(front[0][0], y_max)]
+    for (x, y), prev in zip(front, [None, *front[:-1]], strict=True):
+        corners += [(x, prev[1]), (x, y)] if prev else [(x, y)]
+    corners.append((x_max, front[-1][1]))
+    kept = [c for k, c in enumerate(corners) if k == 0 or c != corners[k - 1]]
+    return [x for x, _ in kept], [y for _, y in kept]
+
+
+def tradeoff_axes(comparison: dict) -> dict:
+    """What the trade-off figure plots for each method of a comparison.json dict: `x` mean attack
+    success over the attack classes, `y` over-refusal (sampled when every method has it, else greedy),
+    `capability` (HumanEval pass@1 when every method has it, else exp(−harmless KL): 1 for the plain
+    model, lower the further its next-token distribution moves), and the names of the two choices."""
+    import math
+
+    rows = [r for r in comparison["methods"] if r.get("mean_asr") is not None]
+    sampled = all(r.get("over_refusal_sampled") is not None for r in rows)
+    humaneval = all(r.get("humaneval_pass_at_1") is not None for r in rows)
+    return {
+        "methods": [r["method"] for r in rows],
+        "x": [r["mean_asr"] for r in rows],
+        "y": [r["over_refusal_sampled"] if sampled else r["over_refusal"] for r in rows],
+        "capability": [
+            r["humaneval_pass_at_1"] if humaneval else math.exp(-(r.get("harmless_kl") or 0.0)) for r in rows
+        ],
+        "over_refusal": "sampled" if sampled else "greedy",
+        "capability_name": "HumanEval pass@1" if humaneval else "exp(−harmless KL)",
+    }
+
+
+def tradeoff_figure(comparison: dict, title: str = "Attack success vs over-refusal") -> go.Figure:
+    """One marker per method of a comparison.json dict: mean attack success (x) against over-refusal
+    (y), marker size growing with capability (`tradeoff_axes` says which measure), the Pareto front as a
+    dashed staircase (lower-left is better on both axes) and HARC as a red outlined star. One trace per
+    method, so the legend names each (with its capability) in the static copies too."""
+    ax = tradeoff_axes(comparison)
+    points = list(zip(ax["x"], ax["y"], strict=True))
+    front = pareto_front(points)
+    colours = iter(_PALETTE)
+    fig = go.Figure()
+    for i, name in enumerate(ax["methods"]):
+        harc = name == "harc"
+        cap = ax["capability"][i]
+        colour = "#d62728" if harc else "#7f7f7f" if name == "base" else next(colours)
+        fig.add_trace(
+            go.Scatter(
+                x=[ax["x"][i]],
+                y=[ax["y"][i]],
+                mode="markers+text",
+                text=[name],
+                textposition="top center",
+                name=f"{name} ({cap:.2f})",
+                marker={
+                    "color": colour,
+                    "size": 8 + 24 * max(cap, 0.0),
+                    "symbol": "star" if harc else "circle",
+                    "opacity": 1.0 if harc else 0.75,
+                    "line": {"width": 2 if harc else 0.5, "color": "black"},
+                },
+                hovertemplate=f"{name}<br>attack success %{{x:.3f}}<br>over-refusal %{{y:.3f}}<br>"
+                f"{ax['capability_name']} {cap:.3f}<extra></extra>",
+                meta={"kind": "method", "method": name, "highlight": harc, "pareto": i in front},
+            )
+        )
+    stair_x, stair_y = pareto_staircase(
+        [points[i] for i in front], max(x for x, _ in points), max(y for _, y in points)
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=stair_x,
+            y=stair_y,
+            mode="lines",
+            name="Pareto front",
+            line={"color": "black", "dash": "dash", "width": 1.5},
+            hoverinfo="skip",
+            meta={"kind": "front", "methods": [ax["methods"][i] for i in front]},
+        )
+    )
+    fig.update_layout(
+        title=f"{title}<br>marker size: {ax['capability_name']} (values in the legend); dashed: Pareto "
+        "front; lower-left is better",
+        xaxis_title="attack success rate (mean over attack classes)",
+        yaxis_title=f"over-refusal ({ax['over_refusal']})",
+        legend={"title": {"text": f"method ({ax['capability_name']})"}},
+        template="plotly_white",
+    )
+    return fig
+
+
+def write_tradeoff_figure(comparison: dict, out_dir: str | Path) -> list[Path]:
+    """`out_dir/tradeoff.html`, `.png` and `.svg` of a comparison.json dict."""
+    return write_figure(tradeoff_figure(comparison), Path(out_dir) / "tradeoff")

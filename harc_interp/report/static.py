@@ -159,7 +159,10 @@ def to_matplotlib(fig: go.Figure):
     handles = [h for ax in ax_of.values() for h in ax.get_legend_handles_labels()[0]]
     if handles:
         labels = [lab for ax in ax_of.values() for lab in ax.get_legend_handles_labels()[1]]
-        axes[0, 0].legend(handles, labels, fontsize=7, loc="best", framealpha=0.8)
+        legend = axes[0, 0].legend(handles, labels, fontsize=7, loc="best", framealpha=0.8)
+        for handle in legend.legend_handles:  # one size: where marker size is data, the legend names
+            if hasattr(handle, "set_sizes"):
+                handle.set_sizes([30])
     mfig.suptitle(_text(layout.title), fontsize=11)
     mfig.tight_layout()
     return mfig
