@@ -49,13 +49,13 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, 
 
     for name in ("plane_coordinates_dataset", "response_coordinates_dataset"):
         monkeypatch.setattr(subspace_mod, name, spying(getattr(subspace_mod, name)))
-    real_respond, answered = subspace_mod.respond, set()
+    real_rates, answered = subspace_mod.refusal_rates, set()
 
-    def spying_respond(model, variant, texts, ids, **kwargs):  # the calibration's validation answers
-        answered.update(ids)
-        return real_respond(model, variant, texts, ids, **kwargs)
+    def spying_rates(model, variant, rows, **kwargs):  # the calibration's validation answers
+        answered.update(i for ps in rows.values() for i in ps.ids)
+        return real_rates(model, variant, rows, **kwargs)
 
-    monkeypatch.setattr(subspace_mod, "respond", spying_respond)
+    monkeypatch.setattr(subspace_mod, "refusal_rates", spying_rates)
     d_dir = tiny_directions_dir
     common = ["--model", str(tiny_dir), "--directions", str(d_dir), "--max-per-class", "2", "--quiet"]
     # The span-reading map (default) also reading slot 1, with plain-harmful margins of their own; eval

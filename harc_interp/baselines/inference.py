@@ -26,7 +26,7 @@ from sklearn.metrics import precision_recall_curve
 
 from ..capture.forward import prompt_residuals
 from ..capture.judges import DEFAULT_JUDGE, Judge
-from ..capture.responding import respond
+from ..capture.responding import pooled_rate, refusal_rates
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..errors import HarcError
@@ -210,22 +210,20 @@ def validation_rows(train: dict[str, PromptSet], max_per_group: int, seed: int =
 def _refusal_rates(
     model, variant: Variant, rows: dict[str, PromptSet], cal: SteeringCalibration, judge
 ) -> dict:
-    rates = {}
-    for g, ps in rows.items():
-        answers = respond(
-            model,
-            variant,
-            ps.texts,
-            ps.ids,
-            judge=judge,
-            system_prompt=cal.system_prompt,
-            max_new_tokens=cal.max_new_tokens,
-            batch_size=cal.batch_size,
-        )
-        rates[g] = sum(a.refused for a in answers) / len(answers)
-    safe = sum(rates[g] * len(rows[g]) for g in SAFE_GROUPS) / sum(len(rows[g]) for g in SAFE_GROUPS)
-    unsafe = sum(rates[g] * len(rows[g]) for g in UNSAFE_GROUPS) / sum(len(rows[g]) for g in UNSAFE_GROUPS)
-    return {"safe_refusal": safe, "unsafe_refusal": unsafe, "by_group": rates}
+    rates = refusal_rates(
+        model,
+        variant,
+        rows,
+        judge=judge,
+        system_prompt=cal.system_prompt,
+        max_new_tokens=cal.max_new_tokens,
+        batch_size=cal.batch_size,
+    )
+    return {
+        "safe_refusal": pooled_rate(rates, rows, SAFE_GROUPS),
+        "unsafe_refusal": pooled_rate(rates, rows, UNSAFE_GROUPS),
+        "by_group": rates,
+    }
 
 
 def calibrate_coefficient(

@@ -24,13 +24,15 @@ from .judges import (
     refusal_rate,
 )
 from .model_judge import ModelJudge
-from .responding import Answer, majority, respond, sent_chats
+from .responding import Answer, majority, pooled_rate, refusal_rates, respond, sent_chats
 from .sweep import PromptSweep, last_token_logprobs
 
 __all__ = [
     "Answer",
     "majority",
     "prompt_residuals",
+    "pooled_rate",
+    "refusal_rates",
     "respond",
     "sent_chats",
     "DEFAULT_JUDGE",

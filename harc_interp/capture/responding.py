@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..data.chat import ChatPrompt, formatter_for
+from ..data.prompts import PromptSet
 from ..errors import HarcError
 from ..model.edits import Variant
 from ..model.hooked import HarcModel, HookFn
@@ -110,3 +111,37 @@ def majority(refusals: Sequence[bool]) -> tuple[bool, int]:
         raise HarcError("no answers to vote on")
     refused = 2 * sum(refusals) >= len(refusals)
     return refused, next(i for i, r in enumerate(refusals) if r == refused)
+
+
+def refusal_rates(
+    model: HarcModel,
+    variant: Variant,
+    rows: dict[str, PromptSet],
+    *,
+    judge: Judge = DEFAULT_JUDGE,
+    system_prompt: str | None = None,
+    max_new_tokens: int = 24,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """{group: judged refusal rate} of each group's prompts answered greedily under `variant`: the
+    validation check behind every calibration (the coupling's margin, the steering coefficients)."""
+    rates = {}
+    for g, ps in rows.items():
+        answers = respond(
+            model,
+            variant,
+            ps.texts,
+            ps.ids,
+            judge=judge,
+            system_prompt=system_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+        rates[g] = sum(a.refused for a in answers) / len(answers)
+    return rates
+
+
+def pooled_rate(rates: dict[str, float], rows: dict[str, PromptSet], groups: Sequence[str]) -> float:
+    """The rate over the prompts of `groups` together (each group's rate weighted by its size)."""
+    present = [g for g in groups if g in rows]
+    return sum(rates[g] * len(rows[g]) for g in present) / sum(len(rows[g]) for g in present)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..artifacts import cached_tensors, now, provenance, write_json
-from ..capture.responding import respond
+from ..capture.responding import pooled_rate, refusal_rates
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
@@ -295,19 +295,15 @@ def validation_refusals(
         raise HarcError("no harmless or borderline validation rows to calibrate the margin on")
 
     def check() -> dict:
-        variant = Variant(hooks=coupling.hooks(model), name="coupling")
-        rates = {}
-        for g, ps in rows.items():
-            answers = respond(
-                model, variant, ps.texts, ps.ids, system_prompt=config.system_prompt,
-                max_new_tokens=config.calibration_tokens, batch_size=config.batch_size,
-            )  # fmt: skip
-            rates[g] = sum(a.refused for a in answers) / len(answers)
-        safe = [g for g in HARMLESS_LIKE if g in rows]
-        return {
-            "safe_refusal": sum(rates[g] * len(rows[g]) for g in safe) / sum(len(rows[g]) for g in safe),
-            "refusal": rates,
-        }
+        rates = refusal_rates(
+            model,
+            Variant(hooks=coupling.hooks(model), name="coupling"),
+            rows,
+            system_prompt=config.system_prompt,
+            max_new_tokens=config.calibration_tokens,
+            batch_size=config.batch_size,
+        )
+        return {"safe_refusal": pooled_rate(rates, rows, HARMLESS_LIKE), "refusal": rates}
 
     return check
 
