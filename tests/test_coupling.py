@@ -636,10 +636,11 @@ def test_several_slots_train_in_order_on_coordinates_with_upstream_maps(
     assert (tmp_path / "work" / "slot2" / "coordinates.safetensors").is_file()
 
 
-def _calibrate(d, coords, tmp_path, **config):
+def _calibrate(d, coords, tmp_path, kls=None, **config):
     """Calibrate the margin of a fresh one-token map at slot 2 on synthetic span coordinates. The check
     stands in for answering the validation prompts: a safe prompt counts as refused when the map lifts its
-    refusal read-out past halfway to the harmful mean (0.5), the judge's call in the objective's units."""
+    refusal read-out past halfway to the harmful mean (0.5), the judge's call in the objective's units;
+    the safe prompts' KL is `kls[i]` at the i-th check (0 without `kls`)."""
     from harc_interp.coupling import train_slot
 
     _, to_plane = _read_out_placer(d)
@@ -652,7 +653,7 @@ def _calibrate(d, coords, tmp_path, **config):
         with torch.no_grad():
             ref = (coupling.maps[0](safe)[:, -1] @ readout.T)[:, 1]
         checks.append(float((ref > 0.5).float().mean()))
-        return {"safe_refusal": checks[-1]}
+        return {"safe_refusal": checks[-1], "safe_kl": kls[len(checks) - 1] if kls else 0.0}
 
     cfg = SubspaceConfig(
         span_context=False,
@@ -672,17 +673,42 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
     coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
     stage, coupling, checks = _calibrate(tiny_directions, coords, tmp_path)
     cal = stage["calibration"]
-    assert [c["margin"] for c in cal["candidates"]] == [1.0, 1.5, 2.0, 2.5, 3.0]
-    assert cal["met"] and stage["margin"] == 3.0
+    assert [c["margin"] for c in cal["candidates"]] == [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    assert cal["met"] and stage["margin"] == 8.0
     assert cal["uncoupled"]["safe_refusal"] == 0.0 and all(c["safe_rise"] == 0.0 for c in cal["candidates"])
-    assert len(checks) == 6  # the uncoupled model, then each candidate in place
+    assert len(checks) == 8  # the uncoupled model, then each candidate in place
     lifted = [c["jailbreak_t_post"] for c in cal["candidates"]]  # validation read-outs after the map
     assert lifted[-1] > lifted[0] > 0.5
-    # The coupling carries the picked candidate's map, trained under calibration/margin_3/.
-    assert (tmp_path / "calibration" / "margin_3" / "checkpoint.pt").is_file()
+    # The coupling carries the picked candidate's map, trained under calibration/margin_8/.
+    assert (tmp_path / "calibration" / "margin_8" / "checkpoint.pt").is_file()
     assert stage["objective"]["validation"]["refusal_readouts"]["jailbreak"]["t_post"][1] == lifted[-1]
     z = coords["jailbreak"][:4, 0]
     assert not torch.equal(coupling.maps[0](z), z)
+
+
+def test_calibration_stops_at_the_first_margin_over_the_kl_budget(tiny_directions, tmp_path, caplog):
+    # The same separable set, but the safe prompts' KL (given per check) passes the 0.1 budget at 2.0:
+    # the calibration keeps 1.5, trains nothing past 2.0, and a wider grid reuses the trained candidates.
+    place, _ = _read_out_placer(tiny_directions)
+    levels = {"harmless": 0.0, "borderline": 0.0, "harmful": 1.0, "jailbreak": -0.5}
+    coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
+    kls = [0.0, 0.02, 0.08, 0.3]
+    stage, _, checks = _calibrate(
+        tiny_directions, coords, tmp_path, kls=kls, margin_grid=(1.0, 1.5, 2.0, 3.0)
+    )
+    cal = stage["calibration"]
+    assert stage["margin"] == 1.5 and cal["met"] and len(checks) == 4
+    assert [(c["margin"], c["meets_rule"], c["safe_kl"]) for c in cal["candidates"]] == [
+        (1.0, True, 0.02),
+        (1.5, True, 0.08),
+        (2.0, False, 0.3),
+    ]
+    assert "kl" in cal["rule"].lower() and not (tmp_path / "calibration" / "margin_3").exists()
+    caplog.set_level("INFO", logger="harc_interp.coupling.loop")
+    again, _, _ = _calibrate(
+        tiny_directions, coords, tmp_path, kls=kls, margin_grid=(1.0, 1.5, 2.0, 3.0, 4.0), kl_budget=0.05
+    )  # another grid and budget: the finished checkpoints are the same maps, reused, not an error
+    assert again["margin"] == 1.0 and caplog.text.count("resuming from step 150") == 2
 
 
 def test_calibration_stops_at_the_first_margin_that_raises_over_refusal(tiny_directions, tmp_path, caplog):

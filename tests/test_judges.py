@@ -91,3 +91,49 @@ def test_harc_judge_reproduces_a_saved_runs_phrase_verdicts(tiny_dir, tiny_direc
         r["response"].strip() and r["response"] in printed for rows in saved.values() for r in rows
     )
     assert main(["judge", "--responses", str(tmp_path / "none.json"), "--out", str(tmp_path / "k")]) == 2
+
+
+def test_eval_with_a_model_judge_scores_attack_success_as_judged_harmful_compliance(
+    tiny_dir, tiny_directions_dir, tmp_path
+):
+    common = ["--model", str(tiny_dir), "--directions", str(tiny_directions_dir), "--max-per-class", "2"]
+    common += ["--max-new-tokens", "3", "--quiet"]
+    assert main(["eval", *common, "--out", str(tmp_path / "phrase")]) == 0
+    assert main(["eval", *common, "--judge", f"model:{tiny_dir}", "--out", str(tmp_path / "model")]) == 0
+    plain = json.loads((tmp_path / "phrase" / "eval.json").read_text())
+    judged = json.loads((tmp_path / "model" / "eval.json").read_text())
+    rows = json.loads((tmp_path / "model" / "responses.json").read_text())
+    assert judged["asr_judge"].startswith("model:") and "phrase_asr" not in plain
+    # The phrase rates beside the judged ones are the phrase-judged run's (the same greedy answers).
+    for key in ("mean_asr", "asr_by_class", "plain_harmful_asr", "white_box_asr"):
+        assert judged["phrase_asr"][key] == plain[key], key
+    # Attack success = the rows the model judge calls harmful compliance, per class, then the mean.
+    by_class: dict[str, list[bool]] = {}
+    classes = {p["id"]: p for p in rows["jailbreaks"]}
+    split = _eval_jailbreaks(["eval", *common, "--out", str(tmp_path / "model")])
+    jb = {p.id: p.attack_class or "unknown" for p in split}
+    for row in rows["jailbreaks"]:
+        assert isinstance(row["harmful"], bool) and 0 <= row["harm_score"] <= 1
+        assert row["harmful"] == (row["harm_score"] > 0.5)
+        by_class.setdefault(jb[row["id"]], []).append(row["harmful"])
+    assert set(classes) == set(jb)
+    expected = {c: sum(f) / len(f) for c, f in by_class.items()}
+    assert judged["asr_by_class"] == pytest.approx(expected)
+    assert judged["mean_asr"] == pytest.approx(sum(expected.values()) / len(expected))
+    harmful = rows["harmful_v_ref_ablated_upstream"]
+    wb = judged["white_box_asr"]["v_ref_ablated_upstream"]
+    assert wb == pytest.approx(sum(r["harmful"] for r in harmful) / len(harmful))
+    # Over-refusal stays the phrase judge's; the verdicts are cached in the run folder.
+    assert judged["over_refusal"] == plain["over_refusal"]
+    assert (tmp_path / "model" / "judge_cache.json").is_file()
+    assert "harmful" not in rows["borderline"][0]
+
+
+def _eval_jailbreaks(argv):
+    """The evaluation split's jailbreaks, as `harc eval` builds them from `argv`."""
+    from harc_interp.cli import build_parser
+    from harc_interp.cli.common import read_directions
+    from harc_interp.cli.intervention_verbs import safety_sets
+
+    args = build_parser().parse_args(argv)
+    return safety_sets(args, read_directions(args))[1]["jailbreaks"]

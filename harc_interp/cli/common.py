@@ -239,6 +239,33 @@ def load(args):
     return load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
 
 
+def judge_args(p: argparse.ArgumentParser) -> None:
+    """--judge for a verb that judges attack success."""
+    p.add_argument(
+        "--judge",
+        default="phrase",
+        help="attack success judge: phrase (refusal phrases anywhere, the default), phrase-prefix, or a "
+        "prompt-aware model judge, model:MODEL (its chat template; offline: qwen2.5-coder-1.5b-instruct) or "
+        "model-raw:MODEL (e.g. cais/HarmBench-Llama-2-13b-cls): attack success is then judged harmful "
+        "compliance, with the phrase rates beside it; over-refusal stays with the phrase judge",
+    )
+
+
+def judges(args, out: Path):
+    """(refusal judge, harm judge or None) for --judge: a model judge is the harm judge (its verdicts
+    cached in OUT/judge_cache.json) beside the default phrase judge."""
+    from ..capture.judges import DEFAULT_JUDGE
+    from ..capture.model_judge import ModelJudge
+    from ..evaluation.judging import make_judge
+    from ..model.hooked import load_model
+
+    def load_judge_model(spec: str):
+        return load_model(spec, dtype=args.dtype, device=args.device, progress=not args.quiet)
+
+    judge = make_judge(args.judge, load_judge_model, cache_path=out / "judge_cache.json")
+    return (DEFAULT_JUDGE, judge) if isinstance(judge, ModelJudge) else (judge, None)
+
+
 def read_directions(args):
     """The Directions artifact of --directions, read before the model loads (its model is checked by
     `attach_model`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..directions.stage import DirectionsConfig
 from ..errors import HarcError
@@ -10,6 +11,8 @@ from .common import (
     attach_model,
     build_config,
     int_list,
+    judge_args,
+    judges,
     load,
     load_prompt_files,
     load_role,
@@ -44,6 +47,7 @@ def add_parsers(sub) -> None:
         help="train the confined coupling with its defaults, evaluate base vs coupled on held-out prompts "
         "and verify it (default: on); --no-coupling stops after the plane",
     )
+    judge_args(run)
     run.set_defaults(func=cmd_run)
 
     dirs = sub.add_parser(
@@ -182,8 +186,6 @@ def cmd_directions(args: argparse.Namespace) -> dict:
 
 def cmd_score(args: argparse.Namespace) -> dict:
     """`harc score`: the saved probes' P(harmful) per slot for new prompts."""
-    from pathlib import Path
-
     from ..artifacts import provenance, stamp_schema, write_json, write_jsonl
     from ..directions.score import score_prompts
 
@@ -236,6 +238,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     batch_size = args.batch_size or 16
     base = DirectionsConfig(n_train=28, n_val=8, n_test=12, batch_size=batch_size)
     config = build_config(DirectionsConfig, "directions", args, base=base)
+    judge, harm_judge = judges(args, Path(args.out))
     model, refusal_tokens = args.model, None
     if args.refusal_tokens:  # token strings need the tokenizer; otherwise run_main loads (and times) it
         model = load(args)
@@ -246,6 +249,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
         harmful=harmful,
         harmless=harmless,
         directions_config=config,
+        judge=judge,
+        harm_judge=harm_judge,
         refusal_tokens=refusal_tokens,
         dtype=args.dtype,
         device=args.device,

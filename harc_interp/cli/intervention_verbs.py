@@ -18,6 +18,8 @@ from .common import (
     build_config,
     heldout_args,
     int_list,
+    judge_args,
+    judges,
     load_role,
     model_args,
     positive_int,
@@ -34,10 +36,13 @@ SUBSPACE_FLAGS = (
     ("margin", "margin", "where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
      f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated, the largest of "
      f"{', '.join(f'{m:g}' for m in S.margin_grid)}, tried from the weakest up, before the first that raises "
-     "the refusal rate of the validation rows' harmless and borderline prompts by more than --over-refusal-tolerance)"),
+     "the refusal rate of the validation rows' harmless and borderline prompts by more than --over-refusal-tolerance "
+     "or their next-token KL above --kl-budget)"),
     ("over_refusal_tolerance", "over_refusal_tolerance", "the calibration's budget: how much the validation "
      f"harmless and borderline prompts' refusal rate may rise, judged on greedy answers (default "
      f"{S.over_refusal_tolerance})"),
+    ("kl_budget", "kl_budget", "the calibration's budget for capability: the most mean next-token KL (at t_post) the "
+     f"validation harmless and borderline prompts may show against the uncoupled model (default {S.kl_budget})"),
     ("plain_margin", "plain_margin", f"advanced: the margin for plain harmful prompts (default {S.plain_margin}); "
      "the model mostly refuses them already, and pushing them hard lifts the borderline prompts next to them"),
     ("plain_response_margin", "plain_response_margin", "advanced: the response margin for plain harmful prompts "
@@ -149,6 +154,7 @@ def add_parsers(sub) -> None:
         help="also HumanEval pass@1 (greedy; tests run in a sandbox) on the first N problems (0: all 164), "
         "of the plain model and, with --intervention, of the intervened one",
     )
+    judge_args(ev)
     ev.add_argument("--out", required=True)
     ev.set_defaults(func=cmd_eval)
 
@@ -199,6 +205,7 @@ def add_parsers(sub) -> None:
         metavar="N",
         help="HumanEval problems per method (default 0: none)",
     )
+    judge_args(cmp)
     cmp.add_argument("--out", required=True)
     cmp.set_defaults(func=cmd_compare)
 
@@ -345,11 +352,21 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     args = argparse.Namespace(**vars(args) | {"max_per_class": max_per_class})
     d = read_directions(args)
     train, ev = safety_sets(args, d)
+    out = Path(args.out)
+    judge, harm_judge = judges(args, out)
     model = attach_model(args, d)
     ev = {k: within_context(model, args, v) for k, v in ev.items()}
-    out = Path(args.out)
     result = compare_methods(
-        model, d, train, ev, out, config, coupling_dir=args.coupling, progress=not args.quiet
+        model,
+        d,
+        train,
+        ev,
+        out,
+        config,
+        coupling_dir=args.coupling,
+        judge=judge,
+        harm_judge=harm_judge,
+        progress=not args.quiet,
     )
     figures = write_tradeoff_figure(result, out)
     md = out / "comparison.md"
@@ -380,6 +397,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     info = InterventionInfo.read(args.intervention) if args.intervention else None
     d = read_directions(args)
     _, ev = safety_sets(args, d)
+    judge, harm_judge = judges(args, Path(args.out))
     model = attach_model(args, d)
     ev = {k: within_context(model, args, v) for k, v in ev.items()}
     kwargs = dict(
@@ -388,6 +406,8 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         borderline=ev["borderline"],
         harmless=ev["harmless"],
         directions=d,
+        judge=judge,
+        harm_judge=harm_judge,
         config=config,
         responses_path=Path(args.out) / "responses.json",
         progress=not args.quiet,

@@ -25,7 +25,9 @@ import torch
 from torch import Tensor
 
 from ..artifacts import cached_tensors, now, provenance, write_json
+from ..capture.forward import kl_divergence
 from ..capture.responding import pooled_rate, refusal_rates
+from ..capture.sweep import last_token_logprobs
 from ..data.chat import formatter_for
 from ..data.prompts import PromptSet
 from ..directions.artifact import Directions
@@ -62,6 +64,16 @@ def default_slots(n_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return (slot,), tuple(r for r in reads if 0 <= r < slot)
 
 
+# SubspaceConfig fields that only choose the margin among trained maps (not part of any map's training).
+CALIBRATION_FIELDS = (
+    "margin_grid",
+    "over_refusal_tolerance",
+    "kl_budget",
+    "calibration_tokens",
+    "calibration_rows",
+)
+
+
 @dataclass(frozen=True)
 class SubspaceConfig:
     """What most users touch: `slots` (default: 0.6 of the depth), `margin` (default: calibrated),
@@ -74,12 +86,15 @@ class SubspaceConfig:
     # validation rows by what a user sees: candidates of `margin_grid` are tried from the weakest up, each
     # answering the validation prompts (greedy, `calibration_tokens`, the phrase judge), and the largest
     # is kept before the first whose harmless and borderline refusal rate rises by more than
-    # `over_refusal_tolerance` over the uncoupled model (the smallest, with a warning, if even it does).
-    # The steering baselines' coefficient follows the same rule. (A budget on plane movement, the earlier
-    # rule, did not transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets.)
+    # `over_refusal_tolerance` over the uncoupled model, or whose next-token KL on the harmless validation
+    # prompts exceeds `kl_budget` (the smallest, with a warning, if even it does). The steering baselines'
+    # coefficient follows the same refusal rule. (A budget on plane movement, the earlier rule, did not
+    # transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets. A grid that stopped
+    # at 3 was exhausted on the real 0.5B model with safe refusals unchanged: it runs on to 8.)
     margin: float | None = None
-    margin_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 2.5, 3.0)
+    margin_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     over_refusal_tolerance: float = 0.05
+    kl_budget: float = 0.1  # KL(uncoupled ‖ coupled) at t_post, mean over the harmless validation prompts
     calibration_tokens: int = 24
     calibration_rows: int = 32  # at most this many validation prompts per group answered per candidate
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway
@@ -135,6 +150,8 @@ class SubspaceConfig:
             raise HarcError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         if not 0 <= self.over_refusal_tolerance <= 1:
             raise HarcError(f"over_refusal_tolerance is a rate in [0, 1], got {self.over_refusal_tolerance}")
+        if not self.kl_budget > 0:
+            raise HarcError(f"kl_budget must be positive, got {self.kl_budget}")
         if self.calibration_tokens < 1 or self.calibration_rows < 1:
             raise HarcError("calibration_tokens and calibration_rows must be positive")
         if self.hidden < 1 or self.batch_per_condition < 1 or self.batch_size < 1:
@@ -282,7 +299,9 @@ def validation_refusals(
 ) -> Callable[[], dict]:
     """The margin calibration's check: a function that answers the validation rows (the rows `split_rows`
     holds out of training, at most `calibration_rows` per group) under the coupling as it stands and
-    returns the judged refusal rate of the safe ones (harmless and borderline) and of each group."""
+    returns the judged refusal rate of the safe ones (harmless and borderline) and of each group, and
+    their mean next-token KL at t_post against the coupling as it was when the check was made (this
+    slot's map still the identity)."""
     _, val = split_rows(coords, config.validation_fraction, config.train.seed)
     rows = {
         g: PromptSet(
@@ -293,6 +312,17 @@ def validation_refusals(
     }
     if not any(g in rows for g in HARMLESS_LIKE):
         raise HarcError("no harmless or borderline validation rows to calibrate the margin on")
+    safe = [p for g in HARMLESS_LIKE if g in rows for p in rows[g].prompts]
+    chats = formatter_for(model, config.system_prompt).format_many(
+        [p.prompt for p in safe], ids=[p.id for p in safe]
+    )
+
+    def logprobs() -> Tensor:
+        variant = Variant(hooks=coupling.hooks(model), name="coupling")
+        with variant.context():
+            return last_token_logprobs(model, chats, hooks=variant.hooks, batch_size=config.batch_size)
+
+    before = logprobs()  # the coupling before this slot's map is trained (it is the identity now)
 
     def check() -> dict:
         rates = refusal_rates(
@@ -303,7 +333,11 @@ def validation_refusals(
             max_new_tokens=config.calibration_tokens,
             batch_size=config.batch_size,
         )
-        return {"safe_refusal": pooled_rate(rates, rows, HARMLESS_LIKE), "refusal": rates}
+        return {
+            "safe_refusal": pooled_rate(rates, rows, HARMLESS_LIKE),
+            "refusal": rates,
+            "safe_kl": float(kl_divergence(before, logprobs()).mean()),
+        }
 
     return check
 
@@ -376,15 +410,18 @@ def train_slot(
         margin, met = pick_margin(candidates)
         if not met:
             log.warning(
-                "slot %d: even margin %g raised the validation safe prompts' refusal by more than %g; kept it",
+                "slot %d: even margin %g raised the validation safe prompts' refusal by more than %g or their "
+                "KL above %g; kept it",
                 slot,
                 margin,
                 config.over_refusal_tolerance,
+                config.kl_budget,
             )
         calibration = {
             "rule": f"largest margin, tried from the weakest up, before the first whose validation harmless "
             f"and borderline refusal rate rises by more than {config.over_refusal_tolerance:g} over the "
-            f"uncoupled model ({config.calibration_tokens} greedy tokens, phrase judge)",
+            f"uncoupled model ({config.calibration_tokens} greedy tokens, phrase judge) or whose mean "
+            f"t_post KL on them exceeds {config.kl_budget:g}",
             "met": met,
             "uncoupled": plain,
             "candidates": candidates,
@@ -431,7 +468,9 @@ def _fit_map(plane_map, d, slot, coords, responses, config: SubspaceConfig, out_
         )
 
     at_init = objective.summary(coords, responses or {})
-    settings = {"slot": slot, **asdict(config)}
+    # What shapes this map's loss: the calibration's own fields choose among maps, and a checkpoint
+    # trained at this margin stays valid when only they change (a wider grid reuses the finished ones).
+    settings = {"slot": slot} | {k: v for k, v in asdict(config).items() if k not in CALIBRATION_FIELDS}
     log_rows = train_loop(plane_map, loss_fn, config.train, out_dir, progress=progress, settings=settings)
     trained = objective.summary(coords, responses or {})
     return {"fit": objective, "objective": {"at_init": at_init, "trained": trained}, "log": log_rows}
@@ -451,7 +490,7 @@ def _check_candidate(live_map, plane_map, validate, plain: dict, margin: float, 
         "margin": margin,
         **check,
         "safe_rise": rise,
-        "meets_rule": rise <= config.over_refusal_tolerance + 1e-9,
+        "meets_rule": rise <= config.over_refusal_tolerance + 1e-9 and check["safe_kl"] <= config.kl_budget,
         "safe_movement": safe_movement(trial["objective"]["validation"]),
     } | attacked_readouts(trial)
 

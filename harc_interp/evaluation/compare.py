@@ -25,6 +25,7 @@ from ..baselines.inference import (
 )
 from ..baselines.training import TRAINING_METHODS, TrainingBaselineConfig, baseline_variant, train_baseline
 from ..capture.judges import DEFAULT_JUDGE, Judge
+from ..capture.model_judge import ModelJudge
 from ..capture.responding import respond
 from ..coupling.load import load_intervention
 from ..coupling.subspace import SubspaceConfig, train_subspace
@@ -203,12 +204,14 @@ def compare_methods(
     coupling_dir: str | Path | None = None,
     subspace: SubspaceConfig | None = None,
     judge: Judge = DEFAULT_JUDGE,
+    harm_judge: ModelJudge | None = None,
     progress: bool = True,
 ) -> dict:
-    """Every method of `config` set up on `train` and evaluated on `held_out` (the same prompts, judge,
+    """Every method of `config` set up on `train` and evaluated on `held_out` (the same prompts, judges,
     white-box attack slot and settings for all); writes comparison.json/.md (the CLI adds the trade-off figure)
     to `out_dir`. `coupling_dir`: HARC's coupling, already trained on this `train` split (default:
-    trained here with the calibrated defaults)."""
+    trained here with the calibrated defaults). With `harm_judge`, attack success is judged harmful
+    compliance (`evaluate_safety`); calibrations and training data keep the refusal `judge`."""
     config = config or CompareConfig()
     out = Path(out_dir)
     attack_slot = directions.selected_layer
@@ -219,6 +222,7 @@ def compare_methods(
         "eval": asdict(config.eval),
         "humaneval": config.humaneval,
         "judge": repr(judge),
+        **({"harm_judge": harm_judge.name} if harm_judge else {}),
     }
     rows = {}
     for name in config.methods:
@@ -239,6 +243,7 @@ def compare_methods(
                     tuned=variant,
                     base=Variant(),
                     judge=judge,
+                    harm_judge=harm_judge,
                     config=config.eval,
                     responses_path=method_dir / "responses.json",
                     progress=progress,
@@ -276,7 +281,9 @@ def compare_methods(
         "methods": table,
         "attack_slot": attack_slot,
         "n": {k: len(v) for k, v in held_out.items()},
-        "provenance": provenance(model, judge=repr(judge)),
+        "provenance": provenance(
+            model, judge=repr(judge), **({"harm_judge": harm_judge.name} if harm_judge else {})
+        ),
     }
     write_json(out / "comparison.json", result)
     write_text(out / "comparison.md", comparison_markdown(result))
@@ -290,6 +297,7 @@ def _row(r: dict, base_tps: float | None) -> dict:
     return {
         "method": r["method"],
         "mean_asr": s["mean_asr"],
+        "phrase_mean_asr": s["phrase_asr"]["mean_asr"] if "phrase_asr" in s else None,
         "asr_by_class": s["asr_by_class"],
         "plain_harmful_asr": s["plain_harmful_asr"],
         "v_ref_upstream_asr": wb.get("v_ref_ablated_upstream"),
@@ -308,6 +316,7 @@ def _row(r: dict, base_tps: float | None) -> dict:
 COLUMNS = (
     ("method", "method", "{}"),
     ("mean ASR", "mean_asr", "{:.3f}"),
+    ("mean ASR, phrase judge", "phrase_mean_asr", "{:.3f}"),
     ("plain harmful ASR", "plain_harmful_asr", "{:.3f}"),
     ("v_ref upstream ASR", "v_ref_upstream_asr", "{:.3f}"),
     ("v_harm upstream ASR", "v_harm_upstream_asr", "{:.3f}"),
@@ -330,10 +339,15 @@ def comparison_markdown(result: dict) -> str:
     for row in result["methods"]:
         cells = ["–" if row[k] is None else fmt.format(row[k]) for _, k, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    n = result["n"]
+    n, prov = result["n"], result["provenance"]
+    judged = (
+        f"judged harmful compliance with the request, by `{prov['harm_judge']}` (the phrase judge's rate "
+        "of answers not refused beside it)"
+        if prov.get("harm_judge")
+        else f"the share of harmful requests not refused, by the judge `{prov.get('judge', '')[:40]}…`"
+    )
     note = (
-        f"\nHeld out: {n}. Attack success (ASR) is the share of harmful requests not refused, by the judge "
-        f"`{result['provenance'].get('judge', '')[:40]}…`; white-box rows ablate the direction upstream of "
+        f"\nHeld out: {n}. Attack success (ASR) is {judged}; white-box rows ablate the direction upstream of "
         f"slot {result['attack_slot']}.\n"
     )
     return "\n".join(lines) + "\n" + note

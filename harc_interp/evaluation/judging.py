@@ -7,6 +7,7 @@ generating anything, and `agreement` compares two judges' refusal calls (confusi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sklearn.metrics import cohen_kappa_score
 
@@ -17,15 +18,16 @@ from ..errors import HarcError
 JudgeSpec = str  # "phrase", "phrase-prefix", "model:SPEC" (chat template) or "model-raw:SPEC"
 
 
-def make_judge(spec: JudgeSpec, load: Callable[[str], object]):
-    """A judge from its spec; `load(model_spec)` loads a judge model (only model judges need one)."""
+def make_judge(spec: JudgeSpec, load: Callable[[str], object], cache_path: str | Path | None = None):
+    """A judge from its spec; `load(model_spec)` loads a judge model (only model judges need one, and
+    cache their verdicts at `cache_path` when given)."""
     if spec == "phrase":
         return PhraseJudge()
     if spec == "phrase-prefix":
         return PhraseJudge(prefix_only=True)
     kind, sep, model = spec.partition(":")
     if sep and model and kind in ("model", "model-raw"):
-        return ModelJudge(load(model), chat=kind == "model")
+        return ModelJudge(load(model), chat=kind == "model", cache_path=cache_path)
     raise HarcError(f"unknown judge {spec!r}: use phrase, phrase-prefix, model:MODEL or model-raw:MODEL")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..artifacts import cached_json, now, provenance, stamp_schema, versions, write_json
 from ..capture.judges import DEFAULT_JUDGE, Judge
+from ..capture.model_judge import ModelJudge
 from ..coupling.load import load_intervention
 from ..coupling.maps import CouplingIntervention
 from ..coupling.subspace import SubspaceConfig, train_subspace
@@ -35,6 +36,7 @@ def run_main(
     harmless: PromptSet | None = None,
     directions_config: DirectionsConfig | None = None,
     judge: Judge = DEFAULT_JUDGE,
+    harm_judge: ModelJudge | None = None,
     refusal_tokens: Sequence[int] | None = None,
     batch_size: int = 16,
     dtype: str = "float32",
@@ -46,7 +48,8 @@ def run_main(
     """The main job: directions (with probes, selection and causal checks) from the harmful and
     harmless prompts (default: the built-in starter sets), the plane with plain, borderline and attack
     prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`; its
-    settings `coupling_config`, default `SubspaceConfig` with `batch_size`),
+    settings `coupling_config`, default `SubspaceConfig` with `batch_size`; with `harm_judge`, its attack
+    success is judged harmful compliance),
     `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
     stage."""
     out_dir = Path(out_dir)
@@ -88,7 +91,9 @@ def run_main(
         t = time.perf_counter()
         sets = (harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks"))
         config = coupling_config or SubspaceConfig(batch_size=batch_size)
-        coupled = run_coupling(m, d, *sets, out_dir, judge=judge, config=config, progress=progress)
+        coupled = run_coupling(
+            m, d, *sets, out_dir, judge=judge, harm_judge=harm_judge, config=config, progress=progress
+        )
         timings["coupling"] = time.perf_counter() - t
     summary = main_summary(m, d, plane, out_dir, timings)
     if coupled is not None:
@@ -113,6 +118,7 @@ def run_coupling(
     out_dir: Path,
     *,
     judge: Judge = DEFAULT_JUDGE,
+    harm_judge: ModelJudge | None = None,
     config: SubspaceConfig | None = None,
     samples: int = 4,
     progress: bool = True,
@@ -129,6 +135,9 @@ def run_coupling(
     batch_size = config.batch_size
     eval_config = EvalConfig(batch_size=batch_size, samples=samples)
     key = {"fingerprint": model.fingerprint, "eval": held_out_ids(held_out), "config": asdict(eval_config)}
+    judged_by = (
+        {"harm_judge": harm_judge.name} if harm_judge else {}
+    )  # absent by default: old caches stay valid
     with load_intervention(model, out_dir / "coupling") as (tuned, base):
         results = {
             side: cached_json(
@@ -141,11 +150,12 @@ def run_coupling(
                     tuned=variant,
                     base=base,
                     judge=judge,
+                    harm_judge=harm_judge,
                     config=eval_config,
                     responses_path=out_dir / "eval" / f"responses_{side}.json",
                     progress=progress,
                 ),
-                key=key | {"side": side, "coupling": weights},
+                key=key | {"side": side, "coupling": weights} | judged_by,
             )
             for side, variant in (("base", base), ("coupled", tuned))
         }
