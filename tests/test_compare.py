@@ -78,6 +78,9 @@ def test_the_paper_preset_sets_what_it_says_and_flags_override_it():
     assert paper.humaneval == 164 and paper.smoothllm.n_copies == 10 and cap == 64
     assert paper.calibration.max_per_group == 64 and paper.calibration.max_new_tokens == 64
     assert paper.methods == want.methods and paper.throughput_tokens == 128
+    assert (paper.training.r, paper.training.alpha, paper.training.train.steps) == (32, 64, 400)
+    assert paper.training.train.lr == 1e-4 and paper.training.train.grad_accumulation == 2
+    assert paper.adaptive is None  # an adaptive attack only when asked for
     assert paper.eval.system_prompt == paper.calibration.system_prompt == "Be brief."
     flags = ["--max-new-tokens", "32", "--samples", "0", "--batch-size", "8", "--humaneval", "0"]
     over, cap = compare_configs(
@@ -86,4 +89,40 @@ def test_the_paper_preset_sets_what_it_says_and_flags_override_it():
     assert (over.eval.max_new_tokens, over.eval.samples, over.eval.batch_size) == (32, 0, 8)
     assert over.calibration.batch_size == 8 and over.calibration.max_per_group == 64  # the rest kept
     assert over.humaneval == 0 and cap == 3 and over.methods == ("base", "harc")
-    assert over.smoothllm == want.smoothllm
+    assert over.smoothllm == want.smoothllm and over.training == want.training
+
+
+def test_harc_compare_adaptive_attacks_every_method_with_its_defence_active(
+    tiny_dir, tiny_directions_dir, tmp_path, capsys, monkeypatch
+):
+    from harc_interp.attacks import GCG
+    from harc_interp.cli import main
+
+    seen = []
+    real_attack = GCG.attack
+
+    def spy(self, run):
+        seen.append((self.variant.name, run.goal.id))
+        return real_attack(self, run)
+
+    monkeypatch.setattr(GCG, "attack", spy)
+    common = ["--model", str(tiny_dir), "--directions", str(tiny_directions_dir), "--max-per-class", "2"]
+    args = [*common, "--quiet", "--max-new-tokens", "2", "--samples", "0", "--methods", "base,self_reminder"]
+    budget = ["--adaptive", "--adaptive-goals", "2", "--adaptive-steps", "2"]
+    budget += ["--set", "gcg.candidates=8", "--set", "gcg.suffix_length=3", "--set", "gcg.max_new_tokens=2"]
+    assert main(["compare", *args, *budget, "--out", str(tmp_path / "c")]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    for row in result["methods"]:
+        assert 0 <= row["adaptive_gcg_asr"] <= 1
+        summary = json.loads((tmp_path / "c" / "methods" / row["method"] / "result.json").read_text())
+        adaptive = summary["result"]["adaptive"]
+        assert adaptive["n_goals"] == 2 and adaptive["budget"]["steps"] == 2
+        assert all(g["steps"] <= 2 for g in adaptive["per_goal"])
+        assert (tmp_path / "c" / "methods" / row["method"] / "adaptive" / "attempts.jsonl").is_file()
+    # each method attacked the same two goals, as its own variant (the defence active)
+    assert len(seen) == 4 and len({g for _, g in seen}) == 2 and len({v for v, _ in seen}) == 2
+    assert "adaptive GCG ASR" in (tmp_path / "c" / "comparison.md").read_text()
+    attempts = (tmp_path / "c" / "methods" / "base" / "adaptive" / "attempts.jsonl").read_text().splitlines()
+    texts = [json.loads(line).get("response") or "" for line in attempts]
+    assert attempts and not any(t.strip() and t in printed for t in texts)  # attempts stay in the run folder

@@ -205,6 +205,17 @@ def add_parsers(sub) -> None:
         metavar="N",
         help="HumanEval problems per method (default 0: none)",
     )
+    cmp.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="also attack every method with the same budgeted GCG, its defence active, on the first "
+        "--adaptive-goals held-out harmful goals (budget: the [gcg] config section and --adaptive-steps); "
+        "adaptive attack success beside the replayed one",
+    )
+    cmp.add_argument(
+        "--adaptive-goals", type=positive_int, default=None, help=f"default {_CMP.adaptive_goals}"
+    )
+    cmp.add_argument("--adaptive-steps", type=positive_int, default=None, help="GCG steps per goal")
     judge_args(cmp)
     cmp.add_argument("--out", required=True)
     cmp.set_defaults(func=cmd_compare)
@@ -309,15 +320,16 @@ def _preset_summary(preset: ComparePreset) -> str:
         f"{c.eval.batch_size}, --humaneval {c.humaneval}, --max-per-class {preset.max_per_class}; steering "
         f"calibration on {c.calibration.max_per_group} validation rows per group with "
         f"{c.calibration.max_new_tokens}-token answers; SmoothLLM {c.smoothllm.n_copies} copies at "
-        f"{c.smoothllm.rate:g} {c.smoothllm.kind}; throughput {c.throughput_prompts} prompts x "
-        f"{c.throughput_tokens} tokens"
+        f"{c.smoothllm.rate:g} {c.smoothllm.kind}; training-time baselines LoRA r {c.training.r}, alpha "
+        f"{c.training.alpha}, {c.training.train.steps} steps at lr {c.training.train.lr:g}; throughput "
+        f"{c.throughput_prompts} prompts x {c.throughput_tokens} tokens"
     )
 
 
 def compare_configs(args: argparse.Namespace) -> tuple[CompareConfig, int | None]:
     """(CompareConfig, the split's attack-class cap) of `harc compare`: the defaults or --preset's, then
-    the flags given (--methods, --max-new-tokens, --samples, --batch-size, --humaneval, --max-per-class,
-    --system-prompt)."""
+    the flags given (--methods, --max-new-tokens, --samples, --batch-size, --humaneval, --adaptive,
+    --max-per-class, --system-prompt)."""
     from dataclasses import replace
 
     preset = PRESETS[args.preset] if args.preset else ComparePreset(CompareConfig())
@@ -337,6 +349,14 @@ def compare_configs(args: argparse.Namespace) -> tuple[CompareConfig, int | None
         changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.humaneval is not None:
         changes["humaneval"] = args.humaneval
+    if args.adaptive:
+        from ..attacks import GCGConfig
+
+        changes["adaptive"] = build_config(GCGConfig, "gcg", args, {"steps": args.adaptive_steps})
+    if args.adaptive_goals is not None:
+        if not args.adaptive:
+            raise HarcError("--adaptive-goals needs --adaptive")
+        changes["adaptive_goals"] = args.adaptive_goals
     max_per_class = args.max_per_class if args.max_per_class is not None else preset.max_per_class
     return replace(base, **changes), max_per_class
 

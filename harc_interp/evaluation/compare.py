@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..artifacts import cached_json, provenance, write_json, write_text
+from ..attacks import GCG, GCGConfig, attack_summary, run_goals
 from ..baselines.inference import (
     SelfReminder,
     SmoothLLM,
@@ -28,6 +29,7 @@ from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..capture.model_judge import ModelJudge
 from ..capture.responding import respond
 from ..coupling.load import load_intervention
+from ..coupling.loop import TrainConfig
 from ..coupling.subspace import SubspaceConfig, train_subspace
 from ..data.prompts import PromptSet
 from ..errors import HarcError
@@ -46,8 +48,9 @@ NOT_YET = ("harc_lora",)  # training-time, not built yet
 class CompareConfig:
     """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
     ensemble, the training-time baselines' hyperparameters (`training`), HumanEval (`humaneval`: number
-    of problems, 0 for none) and the throughput probe (`throughput_prompts` harmless held-out prompts
-    answered with `throughput_tokens` tokens)."""
+    of problems, 0 for none), the throughput probe (`throughput_prompts` harmless held-out prompts
+    answered with `throughput_tokens` tokens) and, with `adaptive`, the same budgeted GCG run against
+    every method, defence active, on the first `adaptive_goals` held-out harmful goals."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(samples=4))
@@ -57,6 +60,8 @@ class CompareConfig:
     humaneval: int = 0
     throughput_prompts: int = 8
     throughput_tokens: int = 32
+    adaptive: GCGConfig | None = None
+    adaptive_goals: int = 20
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
@@ -68,6 +73,8 @@ class CompareConfig:
             )
         if not self.methods:
             raise HarcError("compare needs at least one method")
+        if self.adaptive_goals < 1:
+            raise HarcError(f"adaptive_goals must be at least 1, got {self.adaptive_goals}")
 
 
 @dataclass(frozen=True)
@@ -83,13 +90,33 @@ class ComparePreset:
 # convention: 512 new tokens is HarmBench's generation length (a classifier judge reads the answer, not
 # its opening), 8 samples per safe prompt the design notes' sampled over-refusal, 10 copies at 10% swaps
 # SmoothLLM's reference setting, all 164 HumanEval problems the helpfulness benchmark, 64 validation
-# rows per group and 64 prompts per attack class so that a 1-prompt change is under 2 points.
+# rows per group and 64 prompts per attack class so that a 1-prompt change is under 2 points; the
+# training-time baselines get the LoRA budget the METHOD gives HARC's own LoRA.
 PRESETS: dict[str, ComparePreset] = {
     "paper": ComparePreset(
         CompareConfig(
             eval=EvalConfig(max_new_tokens=512, batch_size=64, samples=8),
             calibration=SteeringCalibration(max_new_tokens=64, max_per_group=64, batch_size=64),
             smoothllm=SmoothLLM(n_copies=10, rate=0.1, kind="swap"),
+            # The METHOD's LoRA budget (r 32, α 64, lr 1e-4 after 100 warm-up steps, 6 unsafe + 6 safe
+            # examples per micro-batch, accumulation 2; 400 steps, the low end of its 400–2000) for every
+            # training-time baseline alike, on 128-token answers.
+            training=TrainingBaselineConfig(
+                r=32,
+                alpha=64,
+                n_response=128,
+                batch_size=64,
+                n_unsafe=6,
+                n_safe=6,
+                train=TrainConfig(
+                    steps=400,
+                    lr=1e-4,
+                    warmup_steps=100,
+                    grad_accumulation=2,
+                    checkpoint_every=50,
+                    log_every=10,
+                ),
+            ),
             humaneval=164,
             throughput_prompts=32,
             throughput_tokens=128,
@@ -260,10 +287,24 @@ def compare_methods(
                     if config.humaneval
                     else None
                 )
+                adaptive = (
+                    adaptive_attack(
+                        model,
+                        variant,
+                        held_out["harmful"],
+                        method_dir / "adaptive",
+                        config,
+                        harm_judge or judge,
+                        progress,
+                    )
+                    if config.adaptive
+                    else None
+                )
             return record | {
                 "method": name,
                 "safety": safety,
                 "humaneval": he,
+                "adaptive": adaptive,
                 "setup_seconds": round(setup_s, 1),
                 "tokens_per_second": round(tps, 1),
             }
@@ -272,6 +313,8 @@ def compare_methods(
         if name in TRAINING_METHODS:  # keyed only where it matters: other methods' caches stay valid
             extra = {"training": asdict(config.training)}
         settings = {"calibration": asdict(config.calibration), "smoothllm": asdict(config.smoothllm)}
+        if config.adaptive:  # keyed only when asked for: the other results' caches stay valid
+            settings |= {"adaptive": asdict(config.adaptive), "adaptive_goals": config.adaptive_goals}
         rows[name] = cached_json(
             method_dir / "result.json", run, key=key | {"method": name} | settings | extra
         )
@@ -290,6 +333,31 @@ def compare_methods(
     return result
 
 
+def adaptive_attack(
+    model: HarcModel,
+    variant: Variant,
+    harmful: PromptSet,
+    out: Path,
+    config: CompareConfig,
+    judge: Judge | ModelJudge,
+    progress: bool,
+) -> dict:
+    """GCG with `config.adaptive`'s budget against `variant` (its defence active in every pass) on the
+    first `config.adaptive_goals` held-out harmful goals; every attempt stays under `out` (resumable).
+    Returns `attack_summary`'s numbers (ids, flags and counts only)."""
+    goals = harmful.prompts[: config.adaptive_goals]
+    attack = GCG(model, variant, config.adaptive, judge)
+    key = {
+        "method": "gcg",
+        "model": model.fingerprint,
+        "config": asdict(config.adaptive),
+        "goals": [g.id for g in goals],
+        "judge": getattr(judge, "name", repr(judge)),
+    }
+    results = run_goals(goals, out, key, attack.attack, seed=config.adaptive.seed, progress=progress)
+    return attack_summary("gcg", results, asdict(config.adaptive))
+
+
 def _row(r: dict, base_tps: float | None) -> dict:
     s = r["safety"]
     wb = s.get("white_box_asr", {})
@@ -306,6 +374,7 @@ def _row(r: dict, base_tps: float | None) -> dict:
         "over_refusal_sampled": s.get("over_refusal_sampled"),
         "harmless_refusal": s["harmless_refusal"],
         "humaneval_pass_at_1": None if he is None else he["pass_at_1"],
+        "adaptive_gcg_asr": (r.get("adaptive") or {}).get("attack_success"),
         "harmless_kl": s["harmless_kl"],
         "trainable_parameters": r["trainable_parameters"],
         "setup_seconds": r["setup_seconds"],
@@ -324,6 +393,7 @@ COLUMNS = (
     ("over-refusal sampled", "over_refusal_sampled", "{:.3f}"),
     ("harmless refusal", "harmless_refusal", "{:.3f}"),
     ("HumanEval pass@1", "humaneval_pass_at_1", "{:.3f}"),
+    ("adaptive GCG ASR", "adaptive_gcg_asr", "{:.3f}"),
     ("harmless KL", "harmless_kl", "{:.4f}"),
     ("trainable params", "trainable_parameters", "{:,}"),
     ("setup s", "setup_seconds", "{:.0f}"),

@@ -1,8 +1,9 @@
 """Re-judging saved responses with any judge, and how far two judges agree.
 
 `responses.json` (as `harc eval` writes it) maps each group (jailbreaks, harmful, borderline, …) to
-rows {id, prompt, response, refusal}; `rejudge` gives every row a `Verdict` from another judge without
-generating anything, and `agreement` compares two judges' refusal calls (confusion matrix, Cohen's κ)."""
+rows {id, prompt, response, refusal} (and a jailbreak's goal); `rejudge` gives every row a `Verdict`
+from another judge without generating anything, and `agreement` compares two judges' refusal calls
+(confusion matrix, Cohen's κ)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def check_responses(groups: object, source: str) -> dict[str, list[dict]]:
 
 
 def rejudge(groups: dict[str, list[dict]], judge) -> dict[str, list[Verdict]]:
-    """Every saved row judged again; a model judge needs the rows' prompts."""
+    """Every saved row judged again; a model judge needs the rows' prompts, and holds an answer to the
+    row's goal where it has one (a jailbreak's request, not its wrapper)."""
     out = {}
     for name, rows in groups.items():
         if isinstance(judge, ModelJudge):
@@ -52,7 +54,7 @@ def rejudge(groups: dict[str, list[dict]], judge) -> dict[str, list[Verdict]]:
                     f"the responses of group '{name}' carry no prompts, which a model judge needs: rerun "
                     "`harc eval` (it saves them since this version)"
                 )
-            out[name] = judge.verdicts([(r["prompt"], r["response"]) for r in rows])
+            out[name] = judge.verdicts([(r.get("goal") or r["prompt"], r["response"]) for r in rows])
         else:
             out[name] = [phrase_verdict(judge, r.get("prompt", ""), r["response"]) for r in rows]
     return out

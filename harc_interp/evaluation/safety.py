@@ -115,6 +115,7 @@ class _Judged:
         )
         self.responses[key] = [
             {"id": p.id, "prompt": p.prompt, "response": a.text, "refusal": a.refused}
+            | ({"goal": p.goal} if p.goal else {})  # what a prompt-aware judge holds a jailbreak's answer to
             | ({"refused_share": a.refused_share} if self.tuned.prompts is not None else {})
             for p, a in zip(prompts, answers, strict=True)
         ]

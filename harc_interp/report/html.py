@@ -16,6 +16,8 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "–"
     if isinstance(v, float):
         return f"{v:.3f}"
     return html.escape(str(v))
@@ -150,6 +152,7 @@ def coupling_section(c: dict) -> str:
             slot,
             cand["margin"],
             cand["safe_refusal"],
+            cand.get("safe_kl"),  # absent from couplings calibrated before the KL budget
             cand["safe_movement"],
             "picked" if cand["margin"] == c["margin"][slot] else "",
         ]
@@ -171,7 +174,17 @@ def coupling_section(c: dict) -> str:
             f"{n['harmless']} harmless prompts.</p>",
             _table(rows, ["held out", "base", "coupled"]),
             "<h3>Margin calibration (validation rows)</h3>",
-            _table(calibration, ["slot", "margin", "safe refusal (validation)", "safe-prompt movement", ""]),
+            _table(
+                calibration,
+                [
+                    "slot",
+                    "margin",
+                    "safe refusal (validation)",
+                    "safe KL (validation)",
+                    "safe-prompt movement",
+                    "",
+                ],
+            ),
             f"<h3>Verify</h3><p><b>{'confined' if v['confined'] else 'NOT confined'}</b> to the plane at "
             f"slot(s) {v['checked_slots']} (tolerance {v['tolerance']:g}, relative out-of-plane change, worst "
             f"per position group: {html.escape(where)}).</p>",
