@@ -55,7 +55,7 @@ from ..capture.forward import StopForward, forward_batch, kl_divergence, respons
 from ..capture.generate import judged_generations
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..coupling.loop import TrainConfig, train_loop
-from ..coupling.lora import lora_adapter, lora_targets
+from ..coupling.lora import lora_adapter, lora_targets, seeded_peft_model
 from ..data.chat import Batch, ChatPrompt, formatter_for, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError
@@ -419,7 +419,6 @@ def train_baseline(
     (default `out_dir/data`) caches the generated training answers, so several methods can share them.
     `model` is back to its base weights on return; open the adapter with `baseline_variant`."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     if method not in OBJECTIVES:
         raise HarcError(
@@ -443,7 +442,7 @@ def train_baseline(
         data_s = time.perf_counter() - start
         targets = config.target_modules or lora_targets(model)
         start = time.perf_counter()
-        peft_model = get_peft_model(
+        peft_model = seeded_peft_model(
             model.hf,
             PeftLoraConfig(
                 r=config.r,
@@ -452,6 +451,7 @@ def train_baseline(
                 target_modules=list(targets),
                 bias="none",
             ),
+            config.train.seed,
         )
         try:
             model.hf.requires_grad_(False)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
+from ..coupling.loop import init_distributed, world
 from ..errors import HarcError
 from ..model.hooked import resolve_device
 from . import attack_verbs, data_verbs, directions_verbs, intervention_verbs, judge_verbs, plane_verbs
@@ -27,13 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `harc` with `argv` (default: the process's); returns the exit status. A `HarcError` prints one
-    line naming the problem, not a traceback."""
+    line naming the problem, not a traceback. Launched by `torchrun` / `accelerate launch` (WORLD_SIZE >
+    1), the processes join one group and train data-parallel (`coupling.loop`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     out = getattr(args, "out", None)
     try:
+        if init_distributed() and args.device.startswith("cuda") and ":" not in args.device:
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per process
         resolve_device(args.device)  # a missing GPU is named before anything loads
         if out is not None:
             check_output(args)
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
-    print(json.dumps(result, indent=1))
+    if world()[0] == 0:  # under torchrun every process has the same result: one copy printed
+        print(json.dumps(result, indent=1))
     return 0
 
 

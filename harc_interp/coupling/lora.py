@@ -229,6 +229,16 @@ class LoraObjective:
         ).mean()
 
 
+def seeded_peft_model(hf, peft_config, seed: int):
+    """`peft.get_peft_model` with LoRA's random A matrices drawn from `seed` (the global generator is
+    left as it was): the same initial adapter in every run and in every data-parallel process."""
+    from peft import get_peft_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(hf, peft_config)
+
+
 def train_lora(
     model: HarcModel,
     d: Directions,
@@ -242,7 +252,6 @@ def train_lora(
     `out_dir/coupling.json`, and returns that path. `model` is restored to its base weights on return;
     use `lora_adapter(model, path)` to run with the adapter."""
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
 
     if not d.has("v_harm_resp"):
         raise HarcError("the LoRA mode needs response directions (v_harm_resp, v_ref_resp) in the artifact")
@@ -252,7 +261,7 @@ def train_lora(
     if "harmful" not in examples or "harmless" not in examples:
         raise HarcError("the LoRA mode needs harmful and harmless training prompts")
     targets = config.target_modules or lora_targets(model)
-    peft_model = get_peft_model(
+    peft_model = seeded_peft_model(
         model.hf,
         PeftLoraConfig(
             r=config.r,
@@ -261,6 +270,7 @@ def train_lora(
             target_modules=list(targets),
             bias="none",
         ),
+        config.train.seed,
     )
     model.hf.requires_grad_(False)
     for n, p in peft_model.named_parameters():
