@@ -144,3 +144,18 @@ def _eval_jailbreaks(argv):
 
     args = build_parser().parse_args(argv)
     return safety_sets(args, read_directions(args))[1]["jailbreaks"]
+
+
+def test_judge_flag_maps_to_a_refusal_judge_and_an_optional_harm_judge(tmp_path):
+    import argparse
+
+    from harc_interp import HarcError
+    from harc_interp.cli.common import judges
+
+    def args(spec):
+        return argparse.Namespace(judge=spec, dtype="float32", device="cpu", quiet=True)
+
+    assert judges(args("phrase"), tmp_path) == (PhraseJudge(), None)
+    assert judges(args("phrase-prefix"), tmp_path) == (PhraseJudge(prefix_only=True), None)
+    with pytest.raises(HarcError, match="unknown judge"):
+        judges(args("gpt-judge"), tmp_path)

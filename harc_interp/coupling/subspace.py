@@ -86,7 +86,7 @@ class SubspaceConfig:
     # validation rows by what a user sees: candidates of `margin_grid` are tried from the weakest up, each
     # answering the validation prompts (greedy, `calibration_tokens`, the phrase judge), and the largest
     # is kept before the first whose harmless and borderline refusal rate rises by more than
-    # `over_refusal_tolerance` over the uncoupled model, or whose next-token KL on the harmless validation
+    # `over_refusal_tolerance` over the uncoupled model, or whose next-token KL on those validation
     # prompts exceeds `kl_budget` (the smallest, with a warning, if even it does). The steering baselines'
     # coefficient follows the same refusal rule. (A budget on plane movement, the earlier rule, did not
     # transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets. A grid that stopped
@@ -94,7 +94,7 @@ class SubspaceConfig:
     margin: float | None = None
     margin_grid: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
     over_refusal_tolerance: float = 0.05
-    kl_budget: float = 0.1  # KL(uncoupled ‖ coupled) at t_post, mean over the harmless validation prompts
+    kl_budget: float = 0.1  # KL(uncoupled ‖ coupled) at t_post, mean over the safe validation prompts
     calibration_tokens: int = 24
     calibration_rows: int = 32  # at most this many validation prompts per group answered per candidate
     safe_margin: float = 0.5  # harmless/borderline refusal coordinate stays below halfway

@@ -63,9 +63,10 @@ def response_kl(
 class EvalConfig:
     """How responses are produced and judged in `evaluate_safety`."""
 
-    # Greedy (and sampled) answer length the judge reads. At 24 tokens a distractor attack's answer is
-    # still on its harmless first task, and format attacks (JSON, a Wikipedia article) are still writing
-    # their headers, so the phrase judge called them all successes whatever came next (real 0.5B model).
+    # Greedy (and sampled) answer length the judge reads. At 24 tokens format attacks (JSON, a Wikipedia
+    # article) are still writing their headers and a distractor attack's answer is on its harmless first
+    # task: the judge never saw what followed. 64 costs 2.0x the evaluation time of 24 (real 0.5B model);
+    # distractor answers are still on their harmless tasks there, which a prompt-aware judge reads right.
     max_new_tokens: int = 64
     batch_size: int = 16
     samples: int = 0  # sampled answers per borderline and harmless prompt (0: greedy only)
