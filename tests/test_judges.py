@@ -159,3 +159,15 @@ def test_judge_flag_maps_to_a_refusal_judge_and_an_optional_harm_judge(tmp_path)
     assert judges(args("phrase-prefix"), tmp_path) == (PhraseJudge(prefix_only=True), None)
     with pytest.raises(HarcError, match="unknown judge"):
         judges(args("gpt-judge"), tmp_path)
+
+
+def test_judges_disagree_on_one_scale():
+    from harc_interp.capture.judges import Verdict
+    from harc_interp.evaluation.judging import refusal_score
+
+    phrase_refused, phrase_answered = Verdict(True, None, 1.0), Verdict(False, None, 0.0)
+    model_harmless, model_harmful = Verdict(True, False, 0.06), Verdict(False, True, 0.9)
+    # a refusal the model judge calls harmless is agreement (a small gap), not the largest disagreement
+    assert abs(refusal_score(phrase_refused) - refusal_score(model_harmless)) == pytest.approx(0.06)
+    assert abs(refusal_score(phrase_refused) - refusal_score(model_harmful)) == pytest.approx(0.9)
+    assert refusal_score(phrase_answered) == 0.0

@@ -28,7 +28,7 @@ def add_parsers(sub) -> None:
 def cmd_judge(args: argparse.Namespace) -> dict:
     """`harc judge`: re-judge a saved responses.json, with agreement against a second judge."""
     from ..artifacts import provenance, read_json, stamp_schema, write_json
-    from ..evaluation.judging import agreement, check_responses, make_judge, rejudge
+    from ..evaluation.judging import agreement, check_responses, make_judge, refusal_score, rejudge
     from ..model.hooked import load_model
 
     path = Path(args.responses)
@@ -57,7 +57,7 @@ def cmd_judge(args: argparse.Namespace) -> dict:
             row["agreement"] = agreement(a, b)
             gaps = sorted(
                 (
-                    (abs(x.score - y.score), r["id"])
+                    (abs(refusal_score(x) - refusal_score(y)), r["id"])
                     for x, y, r in zip(*(verdicts[s][name] for s in judges), rows, strict=True)
                 ),
                 reverse=True,

@@ -66,7 +66,7 @@ class EvalConfig:
     # Greedy (and sampled) answer length the judge reads. At 24 tokens format attacks (JSON, a Wikipedia
     # article) are still writing their headers and a distractor attack's answer is on its harmless first
     # task: the judge never saw what followed. 64 costs 2.0x the evaluation time of 24 (real 0.5B model);
-    # distractor answers are still on their harmless tasks there, which a prompt-aware judge reads right.
+    # distractor answers are still on their harmless tasks there: only a judge that reads the request tells.
     max_new_tokens: int = 64
     batch_size: int = 16
     samples: int = 0  # sampled answers per borderline and harmless prompt (0: greedy only)
