@@ -55,7 +55,7 @@ from ..capture.forward import StopForward, forward_batch, kl_divergence, respons
 from ..capture.generate import judged_generations
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..coupling.loop import TrainConfig, train_loop
-from ..coupling.lora import lora_adapter, lora_targets, seeded_peft_model
+from ..coupling.lora import lora_adapter, lora_targets, trainable_lora
 from ..data.chat import Batch, ChatPrompt, formatter_for, left_pad, pad_token_id
 from ..data.prompts import PromptSet
 from ..errors import HarcError
@@ -418,8 +418,6 @@ def train_baseline(
     run under the same key is read back; an interrupted one resumes from its checkpoint. `data_dir`
     (default `out_dir/data`) caches the generated training answers, so several methods can share them.
     `model` is back to its base weights on return; open the adapter with `baseline_variant`."""
-    from peft import LoraConfig as PeftLoraConfig
-
     if method not in OBJECTIVES:
         raise HarcError(
             f"unknown training-time baseline {method!r}: choose from {', '.join(TRAINING_METHODS)}"
@@ -442,22 +440,9 @@ def train_baseline(
         data_s = time.perf_counter() - start
         targets = config.target_modules or lora_targets(model)
         start = time.perf_counter()
-        peft_model = seeded_peft_model(
-            model.hf,
-            PeftLoraConfig(
-                r=config.r,
-                lora_alpha=config.alpha,
-                lora_dropout=config.dropout,
-                target_modules=list(targets),
-                bias="none",
-            ),
-            config.train.seed,
-        )
+        peft_model = trainable_lora(model, config, targets)
         try:
-            model.hf.requires_grad_(False)
             lora = {n: p for n, p in peft_model.named_parameters() if "lora_" in n}
-            for p in lora.values():
-                p.requires_grad_(True)
             if method in ("circuit_breakers", "repbend"):
                 _break_symmetry(lora, config)
             objective = OBJECTIVES[method](model, peft_model, data, config)

@@ -229,14 +229,28 @@ class LoraObjective:
         ).mean()
 
 
-def seeded_peft_model(hf, peft_config, seed: int):
-    """`peft.get_peft_model` with LoRA's random A matrices drawn from `seed` (the global generator is
-    left as it was): the same initial adapter in every run and in every data-parallel process."""
+def trainable_lora(model: HarcModel, config, targets: Sequence[str]):
+    """`model.hf` wrapped in fresh LoRA adapters (rank `config.r`, `config.alpha`, `config.dropout`) on
+    `targets`, only the adapters trainable. Their random A matrices come from `config.train.seed` (the
+    global generator is left as it was): the same initial adapter in every run and every data-parallel
+    process. Shared by the LoRA mode and the training-time baselines."""
+    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    peft_config = PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(targets),
+        bias="none",
+    )
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return get_peft_model(hf, peft_config)
+        torch.manual_seed(config.train.seed)
+        peft_model = get_peft_model(model.hf, peft_config)
+    model.hf.requires_grad_(False)
+    for n, p in peft_model.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return peft_model
 
 
 def train_lora(
@@ -251,8 +265,6 @@ def train_lora(
     """Train a LoRA adapter with the HARC objective; saves it to `out_dir/adapter` (peft format) with
     `out_dir/coupling.json`, and returns that path. `model` is restored to its base weights on return;
     use `lora_adapter(model, path)` to run with the adapter."""
-    from peft import LoraConfig as PeftLoraConfig
-
     if not d.has("v_harm_resp"):
         raise HarcError("the LoRA mode needs response directions (v_harm_resp, v_ref_resp) in the artifact")
     d.check_model(model)
@@ -261,20 +273,7 @@ def train_lora(
     if "harmful" not in examples or "harmless" not in examples:
         raise HarcError("the LoRA mode needs harmful and harmless training prompts")
     targets = config.target_modules or lora_targets(model)
-    peft_model = seeded_peft_model(
-        model.hf,
-        PeftLoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=list(targets),
-            bias="none",
-        ),
-        config.train.seed,
-    )
-    model.hf.requires_grad_(False)
-    for n, p in peft_model.named_parameters():
-        p.requires_grad_("lora_" in n)
+    peft_model = trainable_lora(model, config, targets)
     objective = LoraObjective(model, peft_model, d, examples, sets["harmful"] + sets["harmless"], config)
     try:
         rows = train_loop(
