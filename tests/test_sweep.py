@@ -21,14 +21,17 @@ TEXTS = ["How do I bake bread?", "Tell me a joke about cats please", "What is 2+
 def test_sweep_equals_full_forward(family, tmp_path):
     model = load_model(str(build_tiny_model_dir(tmp_path / "m", family)), progress=False)
     chats = formatter_for(model).format_many(TEXTS)
-    sweep = PromptSweep(model, chats, batch_size=2, resume_slots=(1, 2))
-    assert len(sweep.prefix_ids) >= 2  # every template shares at least its opening tokens
     v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
     cases = [([], None), (ablation_hooks(model, v), None), (addition_hooks(model, 3 * v, 2), 2)]
     cases.append((addition_hooks(model, 3 * v, 1), 1))
-    for hooks, from_slot in cases:
-        full = last_token_logprobs(model, chats, hooks=hooks, batch_size=2)
-        torch.testing.assert_close(sweep.last_logprobs(hooks, from_slot=from_slot), full, atol=1e-4, rtol=0)
+    for pack in (False, True):  # padded batches, then each batch's prompts back to back in one row
+        sweep = PromptSweep(model, chats, batch_size=3, resume_slots=(1, 2), pack=pack)
+        assert len(sweep.prefix_ids) >= 2  # every template shares at least its opening tokens
+        assert sweep.packed == pack and sweep.chunks[0].batch.input_ids.shape[0] == (1 if pack else 3)
+        for hooks, from_slot in cases:
+            full = last_token_logprobs(model, chats, hooks=hooks, batch_size=2)
+            got = sweep.last_logprobs(hooks, from_slot=from_slot)
+            torch.testing.assert_close(got, full, atol=1e-4, rtol=0, msg=f"{family} pack={pack}")
     with pytest.raises(HarcError, match="below slot 2"):
         sweep.last_logprobs(addition_hooks(model, v, 1), from_slot=2)  # an edit the resume would skip
     with pytest.raises(HarcError, match="not prepared"):

@@ -123,7 +123,11 @@ def forward_batch(
     kwargs = {} if logits == "all" else {"logits_to_keep": logits if last_k else 1}
     if inputs_embeds is not None:
         kwargs["inputs_embeds"] = inputs_embeds
-    if prefix is not None:
+    if batch.packed:
+        if logits not in (None, "last") or inputs_embeds is not None:
+            raise HarcError("a packed batch reads the last position's logits only")
+        kwargs |= _packed_kwargs(model, batch, prefix)
+    elif prefix is not None:
         mask = batch.attention_mask
         cache, full_mask = prefix.for_batch(mask)
         kwargs |= {
@@ -144,7 +148,31 @@ def forward_batch(
         return None
     if logits is None:
         return None
+    if batch.packed:
+        return out.logits[0]  # [prompt, vocab]: the head ran at each prompt's last token only
     return out.logits[:, -1] if logits == "last" else out.logits
+
+
+def _packed_kwargs(model: HarcModel, batch: Batch, prefix: SharedPrefix | None) -> dict:
+    """What the HF forward of a packed row (`pack_batch`) needs so that each prompt attends to the prefix and to
+    its own earlier tokens only, at the positions it would have run whole: position ids restarting per
+    prompt, an additive [1, 1, total, prefix + total] mask (the form both the sdpa and the eager
+    attention add to their scores), and the head read at each prompt's last token."""
+    lengths, n = batch.lengths, len(batch.lengths)
+    segment = torch.repeat_interleave(torch.arange(n), lengths)
+    n_prefix = len(prefix.ids) if prefix is not None else 0
+    within = torch.arange(len(segment)) - batch.offset[segment]
+    allowed = (segment[:, None] == segment[None, :]) & (within[:, None] >= within[None, :])
+    allowed = torch.cat([torch.ones(len(segment), n_prefix, dtype=torch.bool), allowed], 1)
+    mask = torch.zeros(allowed.shape, dtype=model.dtype).masked_fill(~allowed, torch.finfo(model.dtype).min)
+    kwargs = {
+        "attention_mask": mask[None, None],
+        "position_ids": (n_prefix + within)[None],
+        "logits_to_keep": batch.offset + lengths - 1,
+    }
+    if prefix is not None:
+        kwargs |= {"past_key_values": copy.deepcopy(prefix.cache), "use_cache": True}
+    return kwargs
 
 
 def _hf_forward(model: HarcModel, batch: Batch, hooks, *, grad: bool, **kwargs):

@@ -186,14 +186,21 @@ def formatter_for(model, system_prompt: str | None = None) -> ChatFormatter:
 
 @dataclass(frozen=True)
 class Batch:
-    """Left-padded token ids for a batch of ChatPrompts; `offset[b]` shifts unpadded indices."""
+    """Token ids for a batch of ChatPrompts, left-padded (one row each) or packed (`pack_batch`: one row
+    holding them back to back); `offset[b]` shifts prompt b's unpadded indices into its row."""
 
-    input_ids: torch.Tensor  # [batch, pos]
-    attention_mask: torch.Tensor  # [batch, pos]
-    offset: torch.Tensor  # [batch]
+    input_ids: torch.Tensor  # [batch, pos]; packed: [1, total]
+    attention_mask: torch.Tensor  # [batch, pos]; packed: [1, total] of ones
+    offset: torch.Tensor  # [prompt]
     # [batch, pos] long: -1 before t_inst, then 0, 1, 2, ... for t_inst, the template suffix and the
     # response: the positions an intervention may edit (>= 0), and which of them each one is.
     span_role: torch.Tensor
+    lengths: torch.Tensor | None = None  # packed: [prompt] token counts; None: left-padded
+
+    @property
+    def packed(self) -> bool:
+        """Whether the prompts share one row (`pack_batch`)."""
+        return self.lengths is not None
 
 
 def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = True) -> Batch:
@@ -211,6 +218,19 @@ def left_pad(prompts: Sequence[ChatPrompt], pad_id: int, with_response: bool = T
         start = int(offset[b]) + prompts[b].t_inst
         span_role[b, start:] = torch.arange(width - start)
     return Batch(ids, mask, offset, span_role)
+
+
+def pack_batch(prompts: Sequence[ChatPrompt]) -> Batch:
+    """The prompts (without responses) back to back in one row, no padding: what a pass whose every
+    hook acts position by position can run instead of a padded batch, as long as each prompt attends
+    to itself only (`capture.forward.forward_batch` builds that mask from `lengths`)."""
+    seqs = [p.input_ids for p in prompts]
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    offset = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)[:-1]])
+    ids = torch.tensor([[t for s in seqs for t in s]], dtype=torch.long)
+    roles = [torch.arange(len(s)) - p.t_inst for p, s in zip(prompts, seqs, strict=True)]
+    span_role = torch.cat(roles).clamp(min=-1)[None]
+    return Batch(ids, torch.ones_like(ids), offset, span_role, lengths)
 
 
 def pad_token_id(tokenizer) -> int:

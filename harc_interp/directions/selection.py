@@ -52,7 +52,8 @@ def arditi_select(
     KL <= kl_max and slot < max_layer_fraction · n_layers.
 
     `reuse` (default) scores through a `PromptSweep`: the template's shared prefix once per candidate,
-    and the induce score resumed at the candidate's slot from the unedited residual; `reuse=False`
+    each batch packed into one row, and the induce score resumed at the candidate's slot from the
+    unedited residual; `reuse=False`
     runs every pass from the embeddings (the reference the benchmark and the tests compare with)."""
     limit = int(max_layer_fraction * model.n_layers)
     slots = [s for s in (slots if slots is not None else range(model.n_layers)) if s < model.n_layers]
@@ -63,9 +64,14 @@ def arditi_select(
                 f"selection position '{p}' is not in the directions grid {directions.grid_positions}"
             )
     scored = [s for s in slots if s < limit]
-    harmful_sweep = PromptSweep(model, harmful, batch_size=batch_size, share_prefix=reuse)
+    harmful_sweep = PromptSweep(model, harmful, batch_size=batch_size, share_prefix=reuse, pack=reuse)
     harmless_sweep = PromptSweep(
-        model, harmless, batch_size=batch_size, share_prefix=reuse, resume_slots=scored if reuse else ()
+        model,
+        harmless,
+        batch_size=batch_size,
+        share_prefix=reuse,
+        pack=reuse,
+        resume_slots=scored if reuse else (),
     )
     harmful_lp, harmless_lp = harmful_sweep.last_logprobs, harmless_sweep.last_logprobs
     base_harmful, base_harmless = harmful_lp(), harmless_lp()
