@@ -150,3 +150,17 @@ def test_judged_generations_are_cached_and_refused_for_other_prompts(tiny, tmp_p
     other = PromptSet("p", ps.prompts[:2])
     with pytest.raises(HarcError, match="other prompts"):
         gen_mod.judged_generations(tiny, other, path, lambda text: True, max_new_tokens=6, progress=False)
+
+
+def test_length_batches_give_long_prompts_small_batches():
+    """Longest first; a batch padded to its longest holds at most 1.5x the tokens of `batch_size`
+    median-length rows, so one long prompt does not pad a full batch; every index exactly once."""
+    from harc_interp.capture.generate import length_batches
+
+    lengths = [10] * 7 + [100]
+    batches = length_batches(lengths, batch_size=4)  # budget 1.5 * 4 * 10 = 60 tokens
+    assert batches[0] == (0, [7])  # the long prompt alone
+    assert [len(rows) for _, rows in batches] == [1, 4, 3]
+    assert [start for start, _ in batches] == [0, 1, 5]
+    assert sorted(i for _, rows in batches for i in rows) == list(range(8))
+    assert length_batches([5] * 6, batch_size=4) == [(0, [0, 1, 2, 3]), (4, [4, 5])]  # uniform: as before

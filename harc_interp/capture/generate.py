@@ -102,19 +102,19 @@ def generate_chats(
     progress: bool = True,
     share_prefix: bool = True,
 ) -> list[tuple[list[int], bool]]:
-    """Generate for formatted chats in batches sorted by length; results in the input order.
+    """Generate for formatted chats in batches sorted by length (`length_batches`); results in the
+    input order.
 
     The token prefix every chat shares (the template's system turn and user header) runs once under
     `hooks` and its key/value cache serves every batch (`share_prefix=False`: each prompt whole)."""
     if max_new_tokens < 1 or batch_size < 1:
         raise HarcError("max_new_tokens and batch_size must be positive")
-    order = sorted(range(len(chats)), key=lambda i: -len(chats[i].all_ids))
     prefix_ids, rest = split_prefix(model, chats, share_prefix, new_tokens=max_new_tokens)
     prefix = shared_prefix(model, prefix_ids, hooks)
     results: list[tuple[list[int], bool] | None] = [None] * len(chats)
+    lengths = [len(c.all_ids) + max_new_tokens for c in rest]
     with tqdm(total=len(chats), desc="generating", unit="prompt", disable=not progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
+        for start, chunk in length_batches(lengths, batch_size):
             outs = generate_ids(
                 model,
                 [rest[i] for i in chunk],
@@ -128,6 +128,24 @@ def generate_chats(
                 results[i] = out
             bar.update(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """Indices in batches, longest first, each at most `batch_size` rows and, padded to its longest,
+    at most 1.5× the tokens of `batch_size` rows of the median length: a few long prompts get small
+    batches instead of padding a full one (on the dev prompts one 366-token request padded 63 others,
+    and batches of 128 or 256 generated 1.5 and 2.7 times slower than 64). Each batch comes with its
+    start in the sorted order (what seeds a sampled batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    budget = 1.5 * batch_size * sorted(lengths)[len(lengths) // 2] if lengths else 0
+    batches, start = [], 0
+    while start < len(order):
+        longest, end = lengths[order[start]], start + 1
+        while end < len(order) and end - start < batch_size and (end - start + 1) * longest <= budget:
+            end += 1
+        batches.append((start, order[start:end]))
+        start = end
+    return batches
 
 
 def generate_texts(
