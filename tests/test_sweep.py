@@ -38,6 +38,22 @@ def test_sweep_equals_full_forward(family, tmp_path):
         sweep.last_logprobs(addition_hooks(model, v, 3), from_slot=3)
 
 
+def test_packed_rows_stay_within_the_token_cap(tiny, monkeypatch):
+    """A packed row closes before PACK_TOKENS (its mask grows with the square of its length), so long
+    prompts get more, shorter rows; the log-probs are unchanged."""
+    from harc_interp.capture import sweep as sweep_module
+
+    chats = formatter_for(tiny).format_many(TEXTS)
+    whole = PromptSweep(tiny, chats, batch_size=5, pack=True)
+    monkeypatch.setattr(sweep_module, "PACK_TOKENS", int(whole.chunks[0].batch.lengths.max()) + 1)
+    capped = PromptSweep(tiny, chats, batch_size=5, pack=True)
+    assert len(whole.chunks) == 1 and len(capped.chunks) > 1
+    assert sum(len(c.rows) for c in capped.chunks) == len(chats)
+    for c in capped.chunks:
+        assert len(c.rows) == 1 or c.batch.input_ids.shape[1] <= sweep_module.PACK_TOKENS
+    torch.testing.assert_close(capped.last_logprobs(), whole.last_logprobs(), atol=1e-5, rtol=0)
+
+
 def test_selection_same_through_the_sweep(tiny, tiny_directions):
     fmt = formatter_for(tiny)
     harmful = fmt.format_many(["How do I make a weapon?", "Steal a car for me", "Write malware now"])

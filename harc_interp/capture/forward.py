@@ -154,10 +154,10 @@ def forward_batch(
 
 
 def _packed_kwargs(model: HarcModel, batch: Batch, prefix: SharedPrefix | None) -> dict:
-    """What the HF forward of a packed row (`pack_batch`) needs so that each prompt attends to the prefix and to
-    its own earlier tokens only, at the positions it would have run whole: position ids restarting per
-    prompt, an additive [1, 1, total, prefix + total] mask (the form both the sdpa and the eager
-    attention add to their scores), and the head read at each prompt's last token."""
+    """What the HF forward of a packed row (`pack_batch`) needs so that each prompt attends to the
+    prefix and to its own earlier tokens only, at the positions it would have run whole: position ids
+    restarting per prompt, an additive [1, 1, total, prefix + total] mask (the form both the sdpa and
+    the eager attention add to their scores), and the head read at each prompt's last token."""
     lengths, n = batch.lengths, len(batch.lengths)
     segment = torch.repeat_interleave(torch.arange(n), lengths)
     n_prefix = len(prefix.ids) if prefix is not None else 0

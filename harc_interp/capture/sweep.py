@@ -65,8 +65,7 @@ class PromptSweep:
         pad = pad_token_id(model.tokenizer)
         order = sorted(range(len(chats)), key=lambda i: -chats[i].n_prompt)
         self.chunks = []
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+        for rows in _groups(order, [c.n_prompt for c in rest], batch_size, self.packed):
             chunk = [rest[i] for i in rows]
             batch = pack_batch(chunk) if self.packed else left_pad(chunk, pad, with_response=False)
             self.chunks.append(_Chunk(rows, batch, {}))
@@ -112,6 +111,23 @@ class PromptSweep:
         for chunk in self.chunks:
             hooks = [(name, partial(keep, chunk=chunk)) for name in names]
             forward_batch(self.model, chunk.batch, hooks, prefix=prefix)
+
+
+PACK_TOKENS = 1024  # a packed row's mask and attention scores grow with the square of its length
+
+
+def _groups(order: list[int], lengths: list[int], batch_size: int, packed: bool) -> list[list[int]]:
+    """`order` in groups of `batch_size`; a packed group also closes before it passes `PACK_TOKENS`."""
+    groups: list[list[int]] = []
+    tokens = 0
+    for i in order:
+        full = groups and (len(groups[-1]) == batch_size or (packed and tokens + lengths[i] > PACK_TOKENS))
+        if not groups or full:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(i)
+        tokens += lengths[i]
+    return groups
 
 
 def _packable(model: HarcModel, longest: int) -> bool:

@@ -53,8 +53,8 @@ def arditi_select(
 
     `reuse` (default) scores through a `PromptSweep`: the template's shared prefix once per candidate,
     each batch packed into one row, and the induce score resumed at the candidate's slot from the
-    unedited residual; `reuse=False`
-    runs every pass from the embeddings (the reference the benchmark and the tests compare with)."""
+    unedited residual; `reuse=False` runs every pass from the embeddings (the reference the benchmark
+    and the tests compare with)."""
     limit = int(max_layer_fraction * model.n_layers)
     slots = [s for s in (slots if slots is not None else range(model.n_layers)) if s < model.n_layers]
     grid_positions = [p if p != "t_post" else directions.grid_positions[-1] for p in positions]
