@@ -57,3 +57,15 @@ def tiny_directions_dir(tiny, tiny_directions, tmp_path_factory):
     assert tiny_directions.meta["model_fingerprint"] == tiny.fingerprint
     assert tiny_directions.meta["template_hash"] == formatter_for(tiny).template_hash
     return tiny_directions.save(tmp_path_factory.mktemp("tiny_directions"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where CUDA is present and are skipped elsewhere (`-m gpu` selects them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -40,9 +40,9 @@ def test_compare_writes_one_row_per_method_and_resumes_finished_methods(
     assert [r["mean_asr"] for r in again["methods"]] == [r["mean_asr"] for r in result["methods"]]
 
 
-def test_compare_names_the_training_time_methods_it_lacks():
-    with pytest.raises(HarcError, match="not built yet"):
-        CompareConfig(methods=("base", "harc_lora"))
+def test_compare_names_the_methods_it_knows():
+    with pytest.raises(HarcError, match="unknown methods.*harc_lora"):
+        CompareConfig(methods=("base", "lorax"))
 
 
 def test_harc_compare_runs_from_the_command_line(tiny_dir, tiny_directions_dir, tmp_path, capsys):
@@ -57,8 +57,8 @@ def test_harc_compare_runs_from_the_command_line(tiny_dir, tiny_directions_dir, 
     responses = json.loads((tmp_path / "c" / "methods" / "smoothllm" / "responses.json").read_text())
     assert all("refused_share" in row for row in responses["harmful"])
     capsys.readouterr()
-    assert main(["compare", *args, str(tmp_path / "d"), "--methods", "base,harc_lora"]) == 2
-    assert "not built yet" in capsys.readouterr().err
+    assert main(["compare", *args, str(tmp_path / "d"), "--methods", "base,lorax"]) == 2
+    assert "unknown methods ['lorax']" in capsys.readouterr().err
 
 
 def test_the_paper_preset_sets_what_it_says_and_flags_override_it():
@@ -90,6 +90,14 @@ def test_the_paper_preset_sets_what_it_says_and_flags_override_it():
     assert over.calibration.batch_size == 8 and over.calibration.max_per_group == 64  # the rest kept
     assert over.humaneval == 0 and cap == 3 and over.methods == ("base", "harc")
     assert over.smoothllm == want.smoothllm and over.training == want.training
+    assert (paper.lora.r, paper.lora.n_harmful, paper.lora.train.steps) == (32, 6, 400)
+    # every field of HARC's LoRA mode and of the training baselines from --set, a nested one included
+    sets = ["--set", "lora.r=8", "--set", "lora.train.steps=7", "--set", "training.n_safe=3"]
+    tuned, _ = compare_configs(parse([*common, "--preset", "paper", *sets]))
+    assert tuned.lora.r == 8 and tuned.lora.train.steps == 7 and tuned.training.n_safe == 3
+    assert tuned.lora.train.lr == want.lora.train.lr and tuned.lora.alpha == want.lora.alpha  # the rest kept
+    with pytest.raises(HarcError, match=r"lora.train has unknown fields \['stepz'\]"):
+        compare_configs(parse([*common, "--set", "lora.train.stepz=7"]))
 
 
 def test_harc_compare_adaptive_attacks_every_method_with_its_defence_active(

@@ -128,3 +128,41 @@ def test_compare_runs_a_training_time_method(model, tiny_directions, tmp_path):
     assert stored["training_seconds"] >= 0
     assert (tmp_path / "methods" / "circuit_breakers" / "adapter" / "adapter_config.json").is_file()
     assert torch.equal(logits_of(model), before)
+
+
+def test_compare_runs_harc_in_its_lora_mode(model, tiny_directions, tmp_path):
+    import zlib
+
+    from harc_interp.baselines import SteeringCalibration
+    from harc_interp.coupling.lora import LoraConfig
+    from harc_interp.data.prompts import safety_splits
+    from harc_interp.evaluation.compare import CompareConfig, compare_methods
+    from harc_interp.evaluation.safety import EvalConfig
+
+    sets = [starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")]
+    train, held_out = safety_splits(*sets, max_per_class=1)
+    train = {k: v.sample(min(3, len(v)), seed=0) for k, v in train.items()}
+    held_out = {k: v.sample(min(2, len(v)), seed=0) for k, v in held_out.items()}
+    lora = LoraConfig(
+        r=4, alpha=8, n_response=3, top_k_start=1, top_k_end=1, reextract_every=1,
+        train=TrainConfig(steps=2, lr=1e-3, log_every=1, checkpoint_every=2),
+    )  # fmt: skip
+    config = CompareConfig(
+        methods=("base", "harc_lora"),
+        eval=EvalConfig(max_new_tokens=2, batch_size=8, samples=0),
+        calibration=SteeringCalibration(max_per_group=2, max_new_tokens=2),
+        lora=lora,
+        throughput_prompts=1,
+        throughput_tokens=2,
+    )
+    judge = lambda r: zlib.crc32(r.encode()) % 2 == 0  # noqa: E731  a random model never refuses by phrase
+    before = logits_of(model)
+    result = compare_methods(
+        model, tiny_directions, train, held_out, tmp_path, config, judge=judge, progress=False
+    )
+    row = result["methods"][1]
+    assert row["method"] == "harc_lora" and row["trainable_parameters"] > 0
+    coupling = json.loads((tmp_path / "methods" / "harc_lora" / "coupling" / "coupling.json").read_text())
+    assert coupling["mode"] == "lora" and coupling["config"]["r"] == 4
+    assert "| harc_lora |" in (tmp_path / "comparison.md").read_text()
+    assert torch.equal(logits_of(model), before)  # the adapter came off

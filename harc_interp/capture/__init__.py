@@ -10,6 +10,7 @@ from .forward import (
     prompt_residuals,
     refusal_score,
     response_logprobs,
+    response_means,
     response_residuals,
     teacher_forced_residuals,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "refusal_score",
     "residuals_for_batch",
     "response_logprobs",
+    "response_means",
     "response_residuals",
     "teacher_forced_residuals",
 ]

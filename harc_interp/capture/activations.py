@@ -177,12 +177,14 @@ def residuals_for_batch(
         def fn(resid: Tensor, site) -> None:
             parts = []
             j = 0
+            here = resid.device  # a device map puts blocks on several devices
             for name in positions:  # keep the order of `positions`
-                if name == "response_mean":
-                    parts.append(torch.einsum("bt,btd->bd", weights.to(resid.dtype), resid)[:, None])
+                if name == "response_mean":  # accumulated in float32 whatever the compute dtype
+                    w = weights.to(here, torch.float32)
+                    parts.append(torch.einsum("bt,btd->bd", w, resid.float())[:, None])
                 else:
                     k = n_post if name == "post_instruction" else 1
-                    parts.append(resid[rows, index[:, j : j + k]])
+                    parts.append(resid[rows.to(here), index[:, j : j + k].to(here)])
                     j += k
             out[:, slot_pos] = torch.cat(parts, dim=1).float().cpu()
             if slot == deepest:

@@ -266,6 +266,22 @@ def response_residuals(
     return torch.cat(response)
 
 
+def response_means(
+    model: HarcModel,
+    chats: Sequence[ChatPrompt],
+    slots: Sequence[int],
+    n_response: int,
+    *,
+    batch_size: int = 16,
+) -> Float[Tensor, "prompt slot d_model"]:
+    """The mean residual at `slots` over the first `n_response` response tokens of each teacher-forced
+    chat (what the response directions pool), float32 on CPU."""
+    _, response = _forced_residuals(model, chats, tuple(slots), (), batch_size)
+    if any(len(r) == 0 for r in response):
+        raise HarcError("a chat without response tokens has no response mean")
+    return torch.stack([r[:n_response].mean(0) for r in response])
+
+
 def _forced_residuals(model: HarcModel, chats, slots: tuple[int, ...], hooks, batch_size: int):
     """One left-padded forward per batch (sorted by length) with a capture hook at each slot after
     `hooks`; the pass stops after the deepest slot. Returns the prompt side [prompt, slot, (t_inst,

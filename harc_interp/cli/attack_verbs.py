@@ -110,7 +110,6 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.judging import make_judge
     from ..model.edits import Variant
-    from ..model.hooked import load_model
 
     config = attack_config(args)  # before loading anything: a bad flag costs nothing
     if args.intervention:
@@ -119,10 +118,7 @@ def cmd_attack(args: argparse.Namespace) -> dict:
     model = load(args)
     goals = within_context(model, args, goals)
 
-    def load_other(spec: str):
-        return load_model(spec, dtype=args.dtype, device=args.device, progress=not args.quiet)
-
-    judge = make_judge(args.judge, load_other)
+    judge = make_judge(args.judge, lambda spec: load(args, spec))
     out = Path(args.out)
     opened = load_intervention(model, args.intervention) if args.intervention else contextlib.nullcontext()
     with opened as pair_of_variants:
@@ -130,7 +126,7 @@ def cmd_attack(args: argparse.Namespace) -> dict:
         if isinstance(config, GCGConfig):
             attack = GCG(model, tuned, config, judge)
         else:
-            attacker, attacker_variant = (load_other(args.attacker), None) if args.attacker else (model, base)
+            attacker, attacker_variant = (load(args, args.attacker), None) if args.attacker else (model, base)
             attack = Pair(
                 model, tuned, attacker, config, judge, attacker_variant, batch_size=args.batch_size or 8
             )

@@ -31,6 +31,7 @@ SECTIONS = (
     "trajectories",
     "subspace",
     "lora",
+    "training",
     "train",
     "eval",
     "splits",
@@ -58,6 +59,12 @@ def model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--device-map",
+        default=None,
+        help="spread a model too large for one GPU over every GPU with accelerate (auto, balanced, "
+        "sequential; then CPU memory, then disk): instead of --device",
+    )
     p.add_argument(
         "--batch-size",
         type=positive_int,
@@ -123,7 +130,13 @@ def config_sections(args) -> dict[str, dict]:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
-        sections.setdefault(section, {})[name] = value
+        *nested, field = name.split(".")  # lora.train.steps=100: a field of a nested config
+        table = sections.setdefault(section, {})
+        for part in nested:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise HarcError(f"--set {item!r}: {section}.{part} is set to a value, not a table of fields")
+        table[field] = value
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise HarcError(f"unknown config sections {unknown}; known: {', '.join(SECTIONS)}")
@@ -143,12 +156,46 @@ def build_config(cls, section: str, args, flags: dict | None = None, base=None, 
         )
     values |= {k: v for k, v in (flags or {}).items() if v is not None}
     values |= fixed
-    hints = typing.get_type_hints(cls)
-    values = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in values.items()}
+    values = _typed(
+        cls, values, section, lambda k: getattr(base, k) if base is not None else _default(fields[k])
+    )
     try:
         return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except TypeError as e:
         raise HarcError(f"config section '{section}': {e}") from None
+
+
+def _typed(cls, values: dict, where: str, current) -> dict:
+    """Field values of `cls` from file/flag values: a table given for a nested config changes only the
+    fields it names in `current(field)` (`lora.train.steps=100` keeps the LoRA mode's learning rate)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        now = current(k)
+        if isinstance(v, dict) and dataclasses.is_dataclass(now):
+            fields = type(now).__dataclass_fields__
+            unknown = sorted(set(v) - set(fields))
+            if unknown:
+                raise HarcError(
+                    f"{where}.{k} has unknown fields {unknown}; {type(now).__name__} has {sorted(fields)}"
+                )
+            nested = _typed(type(now), v, f"{where}.{k}", lambda f, now=now: getattr(now, f))
+            try:
+                out[k] = dataclasses.replace(now, **nested)
+            except TypeError as e:
+                raise HarcError(f"{where}.{k}: {e}") from None
+        else:
+            out[k] = _coerce(v, hints[k], f"{where}.{k}")
+    return out
+
+
+def _default(f: dataclasses.Field):
+    """A dataclass field's default value (None when it has none)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _coerce(value, hint, where: str):
@@ -232,11 +279,17 @@ def positive_int(text: str) -> int:
     return value
 
 
-def load(args):
-    """The model the verb names, on the device it names (checked before anything loads)."""
+def load(args, spec: str | None = None):
+    """The model the verb names (or `spec`: a judge, an attacker), on the device or device map it names."""
     from ..model.hooked import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, progress=not args.quiet)
+    return load_model(
+        spec or args.model,
+        dtype=args.dtype,
+        device=args.device,
+        device_map=args.device_map,
+        progress=not args.quiet,
+    )
 
 
 def judge_args(p: argparse.ArgumentParser) -> None:
@@ -257,12 +310,8 @@ def judges(args, out: Path):
     from ..capture.judges import DEFAULT_JUDGE
     from ..capture.model_judge import ModelJudge
     from ..evaluation.judging import make_judge
-    from ..model.hooked import load_model
 
-    def load_judge_model(spec: str):
-        return load_model(spec, dtype=args.dtype, device=args.device, progress=not args.quiet)
-
-    judge = make_judge(args.judge, load_judge_model, cache_path=out / "judge_cache.json")
+    judge = make_judge(args.judge, lambda spec: load(args, spec), cache_path=out / "judge_cache.json")
     return (DEFAULT_JUDGE, judge) if isinstance(judge, ModelJudge) else (judge, None)
 
 

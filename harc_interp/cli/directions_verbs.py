@@ -240,8 +240,9 @@ def cmd_run(args: argparse.Namespace) -> dict:
     config = build_config(DirectionsConfig, "directions", args, base=base)
     judge, harm_judge = judges(args, Path(args.out))
     model, refusal_tokens = args.model, None
-    if args.refusal_tokens:  # token strings need the tokenizer; otherwise run_main loads (and times) it
+    if args.refusal_tokens or args.device_map:  # otherwise run_main loads (and times) it
         model = load(args)
+    if args.refusal_tokens:  # token strings need the tokenizer
         refusal_tokens = _refusal_tokens(model, args.refusal_tokens)
     summary = run_main(
         model,

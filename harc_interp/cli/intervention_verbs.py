@@ -6,7 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from ..coupling.lora import LoraConfig
+from ..baselines.training import TrainingBaselineConfig
+from ..coupling.lora import LoraConfig, activation_checkpointing
 from ..coupling.subspace import SubspaceConfig
 from ..data.prompts import SplitConfig
 from ..errors import HarcError
@@ -80,6 +81,15 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     heldout_args(p)
 
 
+def _checkpointing_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute each block's activations in the backward pass of LoRA training (the LoRA mode, the "
+        "training-time baselines): less memory for about one more forward pass per step; same results",
+    )
+
+
 def add_parsers(sub) -> None:
     """Add `train`, `eval` and `verify`."""
     tr = sub.add_parser(
@@ -113,6 +123,7 @@ def add_parsers(sub) -> None:
         help="subspace mode: t_post's and the response map also read the plane coordinates of the whole template span "
         "(default: on); --no-span-context gives one-token maps f(Uᵀh)",
     )
+    _checkpointing_arg(tr)
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser(
@@ -216,6 +227,7 @@ def add_parsers(sub) -> None:
         "--adaptive-goals", type=positive_int, default=None, help=f"default {_CMP.adaptive_goals}"
     )
     cmp.add_argument("--adaptive-steps", type=positive_int, default=None, help="GCG steps per goal")
+    _checkpointing_arg(cmp)
     judge_args(cmp)
     cmp.add_argument("--out", required=True)
     cmp.set_defaults(func=cmd_compare)
@@ -303,7 +315,8 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if isinstance(config, SubspaceConfig):
         train_subspace(model, d, train_sets, out, config, progress=not args.quiet)
     else:
-        train_lora(model, d, train_sets, out, config, progress=not args.quiet)
+        with activation_checkpointing(model, args.activation_checkpointing):
+            train_lora(model, d, train_sets, out, config, progress=not args.quiet)
     splits = {
         "train": {k: v.ids for k, v in train_sets.items()},
         "eval": {k: v.ids for k, v in eval_sets.items()},
@@ -328,8 +341,8 @@ def _preset_summary(preset: ComparePreset) -> str:
 
 def compare_configs(args: argparse.Namespace) -> tuple[CompareConfig, int | None]:
     """(CompareConfig, the split's attack-class cap) of `harc compare`: the defaults or --preset's, then
-    the flags given (--methods, --max-new-tokens, --samples, --batch-size, --humaneval, --adaptive,
-    --max-per-class, --system-prompt)."""
+    the [lora] and [training] config sections, then the flags given (--methods, --max-new-tokens,
+    --samples, --batch-size, --humaneval, --adaptive, --max-per-class, --system-prompt)."""
     from dataclasses import replace
 
     preset = PRESETS[args.preset] if args.preset else ComparePreset(CompareConfig())
@@ -344,7 +357,13 @@ def compare_configs(args: argparse.Namespace) -> tuple[CompareConfig, int | None
         system_prompt=args.system_prompt,
         **({"batch_size": args.batch_size} if args.batch_size else {}),
     )
-    changes = {"eval": eval_config, "calibration": calibration}
+    changes = {
+        "eval": eval_config,
+        "calibration": calibration,
+        # HARC's LoRA mode (harc_lora) and the training-time baselines: the [lora] / [training] sections
+        "lora": build_config(LoraConfig, "lora", args, base=base.lora),
+        "training": build_config(TrainingBaselineConfig, "training", args, base=base.training),
+    }
     if args.methods is not None:
         changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if args.humaneval is not None:
@@ -376,18 +395,19 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     judge, harm_judge = judges(args, out)
     model = attach_model(args, d)
     ev = {k: within_context(model, args, v) for k, v in ev.items()}
-    result = compare_methods(
-        model,
-        d,
-        train,
-        ev,
-        out,
-        config,
-        coupling_dir=args.coupling,
-        judge=judge,
-        harm_judge=harm_judge,
-        progress=not args.quiet,
-    )
+    with activation_checkpointing(model, args.activation_checkpointing):
+        result = compare_methods(
+            model,
+            d,
+            train,
+            ev,
+            out,
+            config,
+            coupling_dir=args.coupling,
+            judge=judge,
+            harm_judge=harm_judge,
+            progress=not args.quiet,
+        )
     figures = write_tradeoff_figure(result, out)
     md = out / "comparison.md"
     links = ", ".join(f"[{p.suffix[1:].upper()}]({p.name})" for p in figures)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import HarcError
-from .common import model_args
+from .common import load, model_args
 
 
 def add_parsers(sub) -> None:
@@ -29,19 +29,15 @@ def cmd_judge(args: argparse.Namespace) -> dict:
     """`harc judge`: re-judge a saved responses.json, with agreement against a second judge."""
     from ..artifacts import provenance, read_json, stamp_schema, write_json
     from ..evaluation.judging import agreement, check_responses, make_judge, refusal_score, rejudge
-    from ..model.hooked import load_model
 
     path = Path(args.responses)
     if not path.is_file():
         raise HarcError(f"--responses {path} does not exist")
     groups = check_responses(read_json(path), str(path))
 
-    def load(spec: str):
-        return load_model(spec, dtype=args.dtype, device=args.device, progress=not args.quiet)
-
-    judges = {args.judge: make_judge(args.judge, load)}
+    judges = {args.judge: make_judge(args.judge, lambda spec: load(args, spec))}
     if args.compare:
-        judges[args.compare] = make_judge(args.compare, load)
+        judges[args.compare] = make_judge(args.compare, lambda spec: load(args, spec))
     verdicts = {spec: rejudge(groups, judge) for spec, judge in judges.items()}
     summary = {"responses": str(path), "judges": list(judges), "groups": {}}
     for name, rows in groups.items():

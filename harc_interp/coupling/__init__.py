@@ -5,7 +5,14 @@ mode, and the loader of any trained intervention."""
 from .datasets import conditions, plane_coordinates_dataset, plane_separability, response_coordinates_dataset
 from .load import InterventionInfo, load_intervention
 from .loop import TrainConfig, train_loop
-from .lora import LoraConfig, LoraObjective, lora_adapter, lora_targets, train_lora
+from .lora import (
+    LoraConfig,
+    LoraObjective,
+    activation_checkpointing,
+    lora_adapter,
+    lora_targets,
+    train_lora,
+)
 from .maps import CouplingIntervention, PlaneMap
 from .objective import Margins, SlotObjective, fit_slot_objective, oblique_coordinates, standardisation
 from .subspace import SubspaceConfig, new_coupling, slot_data, train_slot, train_subspace
@@ -20,6 +27,7 @@ __all__ = [
     "SlotObjective",
     "SubspaceConfig",
     "TrainConfig",
+    "activation_checkpointing",
     "conditions",
     "fit_slot_objective",
     "load_intervention",

@@ -7,9 +7,11 @@ base model's own responses), at each selected layer slot, directions detached:
     response side the same hinge on the mean of the first N response tokens with v_harm_resp / v_ref_resp
     + kl_weight · KL(base ‖ tuned) over response tokens of harmless and borderline examples
     + ce_weight · cross-entropy of the refusal responses of harmful prompts.
-Every `reextract_every` steps the prompt-side directions are re-extracted from the tuned model and
-blended, v ← normalize(ema·v_base + (1 − ema)·v_fresh), and the layers are re-selected by the HARC layer
-score (top K, K rising from `top_k_start` to `top_k_end` halfway through). Unlike the subspace mode,
+Every `reextract_every` steps the directions are re-extracted from the tuned model and blended,
+v ← normalize(ema·v_base + (1 − ema)·v_fresh): v_harm and v_ref from the training prompts, v_harm_resp and
+v_ref_resp from the mean of the first N response tokens of the examples' fixed answers, teacher-forced
+(harmful completions, refusals, helpful answers, as the directions stage defines them); the layers are
+re-selected by the HARC layer score (top K, K rising from `top_k_start` to `top_k_end` halfway through). Unlike the subspace mode,
 confinement here is a property of the objective, not of the parameterisation: `harc verify` measures it.
 """
 
@@ -26,7 +28,7 @@ from torch import Tensor, nn
 
 from ..artifacts import now, provenance, stamp_schema, write_json
 from ..capture.activations import CacheConfig, cache_residuals
-from ..capture.forward import forward_batch, kl_divergence, response_logprobs
+from ..capture.forward import forward_batch, kl_divergence, response_logprobs, response_means
 from ..capture.generate import judged_generations
 from ..capture.judges import DEFAULT_JUDGE, Judge
 from ..data.chat import ChatPrompt, formatter_for, left_pad, pad_token_id
@@ -74,6 +76,7 @@ class LoraConfig:
     top_k_end: int = 4
     reextract_every: int = 20
     ema: float = 0.7
+    harmful_prefill: str = "Sure, here is"  # elicits the harmful completions v_harm_resp is re-extracted on
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             steps=60, lr=1e-4, warmup_steps=10, checkpoint_every=10, log_every=5
@@ -86,7 +89,9 @@ def build_examples(
     model: HarcModel, sets: dict[str, PromptSet], work: Path, config: LoraConfig, judge: Judge = DEFAULT_JUDGE
 ) -> dict[str, list[ChatPrompt]]:
     """Chats with responses: harmful → the model's own refusal (or its most common refusal where it
-    complied); harmless and borderline → the base model's own response (the KL retention target)."""
+    complied); harmless and borderline → the base model's own response (the KL retention target);
+    compliance → the harmful prompts with the base model's prefilled completions that are not refusals
+    (only for re-extracting v_harm_resp; absent when every one was refused)."""
     fmt = formatter_for(model)
     out = {}
     for name in ("harmful", "harmless", "borderline"):
@@ -113,6 +118,20 @@ def build_examples(
         else:
             responses = [r["response_ids"] or [model.tokenizer.eos_token_id] for r in rows]
         out[name] = fmt.format_many(ps.texts, responses)
+    if "harmful" in out:
+        rows = judged_generations(
+            model,
+            sets["harmful"],
+            work / "responses_harmful_prefill.json",
+            judge,
+            max_new_tokens=config.n_response,
+            batch_size=config.batch_size,
+            prefill=config.harmful_prefill,
+            progress=False,
+        )
+        complied = [(r["prompt"], r["response_ids"]) for r in rows if not r["refusal"]]
+        if complied:
+            out["compliance"] = fmt.format_many([p for p, _ in complied], [ids for _, ids in complied])
     return out
 
 
@@ -123,19 +142,21 @@ def _forward(model: HarcModel, chats: Sequence[ChatPrompt], slots: Sequence[int]
     seen = {}
     hooks = [(resid_hook_name(s, model.n_layers), lambda r, site, s=s: seen.__setitem__(s, r)) for s in slots]
     logits = forward_batch(model, batch, hooks, logits="all", grad=True)
-    dev = model.device
-    rows = torch.arange(len(chats), device=dev)
-    off = batch.offset.to(dev)
-    t_inst = off + torch.tensor([c.t_inst for c in chats], device=dev)
-    t_post = off + torch.tensor([c.t_post for c in chats], device=dev)
-    weights = torch.zeros(batch.input_ids.shape, device=dev)
+    rows = torch.arange(len(chats))
+    off = batch.offset
+    t_inst = off + torch.tensor([c.t_inst for c in chats])
+    t_post = off + torch.tensor([c.t_post for c in chats])
+    weights = torch.zeros(batch.input_ids.shape)
     for b, c in enumerate(chats):
-        pos = torch.tensor(c.response_positions[:n_response], device=dev) + off[b]
+        pos = torch.tensor(c.response_positions[:n_response]) + off[b]
         weights[b, pos] = 1.0 / len(pos)
-    feats = {
-        s: (h[rows, t_inst], h[rows, t_post], torch.einsum("bt,btd->bd", weights.to(h.dtype), h))
-        for s, h in seen.items()
-    }
+
+    def features(h: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # on h's device (a device map spreads them)
+        rows_h, w = rows.to(h.device), weights.to(h.device)
+        mean = torch.einsum("bt,btd->bd", w, h.float())  # float32 whatever the compute dtype
+        return h[rows_h, t_inst.to(h.device)], h[rows_h, t_post.to(h.device)], mean
+
+    feats = {s: features(h) for s, h in seen.items()}
     return logits, feats, batch
 
 
@@ -171,14 +192,15 @@ class LoraObjective:
         """Blend fresh prompt-side directions of the tuned model into the base ones and re-select layers."""
         cfg, d = self.config, self.base_d
         fresh = _prompt_directions(self.model, self.train_prompts)
+        fresh |= _response_directions(self.model, self.examples, d.layers, cfg.n_response)
         blended = {}
-        for name in ("v_harm", "v_ref"):
+        for name in fresh:
             mix = cfg.ema * d.vectors[name] + (1 - cfg.ema) * fresh[name]
             blended[name] = mix / mix.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.d = replace(d, vectors={**d.vectors, **blended})
         k = cfg.top_k_start if step < cfg.train.steps // 2 else cfg.top_k_end
         self.slots = top_layers(harc_layer_scores(self.d), d.layers, k)
-        self.history.append({"step": step, "slots": self.slots})
+        self.history.append({"step": step, "slots": self.slots, "reextracted": sorted(fresh)})
 
     def __call__(self, step: int, gen: torch.Generator) -> tuple[Tensor, dict]:
         cfg = self.config
@@ -253,6 +275,24 @@ def trainable_lora(model: HarcModel, config, targets: Sequence[str]):
     return peft_model
 
 
+@contextlib.contextmanager
+def activation_checkpointing(model: HarcModel, enabled: bool = True):
+    """Train through `model` with Hugging Face's activation checkpointing (non-reentrant): each decoder
+    block's activations are recomputed in the backward pass instead of kept, which bounds the memory of
+    long answers and large models for about one more forward pass per step. It acts while the blocks
+    are in training mode, as `train_loop` puts them; the package's residual hooks sit on the blocks,
+    outside the recomputed part, so they run once. A runtime setting like the device: results are the
+    same with it, so it is no part of any run's settings."""
+    if not enabled:
+        yield
+        return
+    model.hf.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        yield
+    finally:
+        model.hf.activation_checkpointing_disable()
+
+
 def train_lora(
     model: HarcModel,
     d: Directions,
@@ -313,6 +353,23 @@ def _prompt_directions(model: HarcModel, prompts: PromptSet) -> dict[str, Tensor
     for name, j in (("v_harm", 0), ("v_ref", 1)):
         v = diff_in_means(acts.resid[mask, :, j], acts.resid[~mask, :, j])
         out[name] = (v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
+    return out
+
+
+def _response_directions(
+    model: HarcModel, examples: dict[str, list[ChatPrompt]], slots: Sequence[int], n_response: int
+) -> dict[str, Tensor]:
+    """Fresh unit v_ref_resp (refusals − helpful answers) and, where there are harmful completions,
+    v_harm_resp (completions − helpful answers) per slot, from the mean residual over the first
+    `n_response` answer tokens of the examples, teacher-forced through the current (tuned) model."""
+    if not examples.get("harmful") or not examples.get("harmless"):
+        return {}
+    helpful = response_means(model, examples["harmless"], slots, n_response)
+    out = {}
+    for name, key in (("v_ref_resp", "harmful"), ("v_harm_resp", "compliance")):
+        if examples.get(key):
+            v = diff_in_means(response_means(model, examples[key], slots, n_response), helpful)
+            out[name] = (v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)).float()
     return out
 
 

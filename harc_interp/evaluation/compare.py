@@ -9,6 +9,7 @@ over-refusal.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from ..capture.model_judge import ModelJudge
 from ..capture.responding import respond
 from ..coupling.load import load_intervention
 from ..coupling.loop import TrainConfig
+from ..coupling.lora import LoraConfig, train_lora
 from ..coupling.subspace import SubspaceConfig, train_subspace
 from ..data.prompts import PromptSet
 from ..errors import HarcError
@@ -40,14 +42,14 @@ from .safety import EvalConfig, evaluate_safety
 
 INFERENCE_METHODS = ("actadd", "cast", "self_reminder", "smoothllm")
 DEFAULT_METHODS = ("base", "harc", *INFERENCE_METHODS)  # the training-time ones on request (minutes each)
-METHODS = (*DEFAULT_METHODS, *TRAINING_METHODS)
-NOT_YET = ("harc_lora",)  # training-time, not built yet
+METHODS = (*DEFAULT_METHODS, "harc_lora", *TRAINING_METHODS)  # harc_lora: the paper's LoRA objective
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
-    ensemble, the training-time baselines' hyperparameters (`training`), HumanEval (`humaneval`: number
+    ensemble, the training-time baselines' hyperparameters (`training`), HARC's LoRA mode's (`lora`, for
+    `harc_lora`), HumanEval (`humaneval`: number
     of problems, 0 for none), the throughput probe (`throughput_prompts` harmless held-out prompts
     answered with `throughput_tokens` tokens) and, with `adaptive`, the same budgeted GCG run against
     every method, defence active, on the first `adaptive_goals` held-out harmful goals."""
@@ -57,6 +59,7 @@ class CompareConfig:
     calibration: SteeringCalibration = field(default_factory=SteeringCalibration)
     smoothllm: SmoothLLM = field(default_factory=SmoothLLM)
     training: TrainingBaselineConfig = field(default_factory=TrainingBaselineConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
     humaneval: int = 0
     throughput_prompts: int = 8
     throughput_tokens: int = 32
@@ -66,11 +69,7 @@ class CompareConfig:
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            later = [m for m in unknown if m in NOT_YET]
-            raise HarcError(
-                f"unknown methods {unknown}: choose from {', '.join(METHODS)}"
-                + (f" ({', '.join(later)} are training-time baselines not built yet)" if later else "")
-            )
+            raise HarcError(f"unknown methods {unknown}: choose from {', '.join(METHODS)}")
         if not self.methods:
             raise HarcError("compare needs at least one method")
         if self.adaptive_goals < 1:
@@ -108,6 +107,25 @@ PRESETS: dict[str, ComparePreset] = {
                 batch_size=64,
                 n_unsafe=6,
                 n_safe=6,
+                train=TrainConfig(
+                    steps=400,
+                    lr=1e-4,
+                    warmup_steps=100,
+                    grad_accumulation=2,
+                    checkpoint_every=50,
+                    log_every=10,
+                ),
+            ),
+            # HARC's LoRA mode as released (METHOD §5): 6 harmful + 4 harmless + 2 borderline per
+            # micro-batch, directions re-extracted every 200 steps
+            lora=LoraConfig(
+                r=32,
+                alpha=64,
+                n_harmful=6,
+                n_harmless=4,
+                n_borderline=2,
+                reextract_every=200,
+                batch_size=64,
                 train=TrainConfig(
                     steps=400,
                     lr=1e-4,
@@ -165,6 +183,15 @@ def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupli
     if name == "smoothllm":
         variant = Variant(name=name, prompts=cfg.smoothllm)
         return (lambda: _plain(variant)), {"trainable_parameters": 0, "smoothllm": asdict(cfg.smoothllm)}
+    if name == "harc_lora":
+        start = time.perf_counter()
+        adapter = train_lora(model, directions, train, out / "coupling", cfg.lora, judge, progress=False)
+        record = {
+            "trainable_parameters": _adapter_size(adapter),
+            "training_seconds": round(time.perf_counter() - start, 1),
+            "adapter": str(adapter),
+        }
+        return (lambda: baseline_variant(model, adapter, name)), record
     if name in TRAINING_METHODS:
         # the generated training answers are shared by every training-time method of this comparison
         data_dir = out.parent.parent / "training_data"
@@ -173,6 +200,14 @@ def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupli
         record = {k: rec[k] for k in (*keep, "final_losses")}
         return (lambda: baseline_variant(model, rec["adapter"], name)), record
     raise HarcError(f"unknown method {name!r}")
+
+
+def _adapter_size(adapter_dir: Path) -> int:
+    """Parameters in a saved peft adapter."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
 class _plain:
@@ -312,6 +347,8 @@ def compare_methods(
         extra = {"coupling_dir": str(coupling_dir)} if name == "harc" and coupling_dir else {}
         if name in TRAINING_METHODS:  # keyed only where it matters: other methods' caches stay valid
             extra = {"training": asdict(config.training)}
+        if name == "harc_lora":
+            extra = {"lora": asdict(config.lora)}
         settings = {"calibration": asdict(config.calibration), "smoothllm": asdict(config.smoothllm)}
         if config.adaptive:  # keyed only when asked for: the other results' caches stay valid
             settings |= {"adaptive": asdict(config.adaptive), "adaptive_goals": config.adaptive_goals}

@@ -34,6 +34,7 @@ def load_model(
     tokenizer=None,
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
+    device_map: str | dict | None = None,
     progress: bool = True,
 ) -> HarcModel:
     """Load a chat model with raw (unprocessed) weights.
@@ -41,6 +42,9 @@ def load_model(
     spec: a built-in alias (`qwen2.5-coder-0.5b-instruct`, `qwen2.5-coder-1.5b-instruct`), a local
     HF directory, a `.gguf` file, a hub id (needs network), or an HF causal LM already in memory (pass
     its `tokenizer`; it is used as it is, on its own device and dtype). CPU float32 is the default.
+    `device_map` ("auto", "balanced", or a dict of module name → device, as transformers takes it)
+    spreads a model too large for one GPU over the GPUs (then CPU memory, then disk) with accelerate,
+    instead of `device`; hooks, caching, generation and couplings work across the devices.
     `progress=False` hides the weight-loading bar."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -48,13 +52,14 @@ def load_model(
     if not isinstance(spec, str | Path):
         return _wrap_in_memory(spec, tokenizer)
     dtype = _resolve_dtype(dtype)
-    device = resolve_device(device)
+    device = resolve_device(device) if device_map is None else None
     source, name = resolve_model_dir(str(spec))
     if not progress:
         hf_logging.disable_progress_bar()
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        placement = {} if device_map is None else {"device_map": device_map}
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
     except OSError as e:
         if isinstance(source, Path):
             raise HarcError(f"could not load the model in {source}: {e}") from e
@@ -70,7 +75,7 @@ def load_model(
     fingerprint = (
         None if files is None else files_fingerprint(files, hf.config, cache_root() / "fingerprints")
     )
-    hf = hf.to(device).eval()
+    hf = (hf if device is None else hf.to(device)).eval()
     hf.requires_grad_(False)
     return HarcModel(hf, tokenizer, name=name, source=str(source), fingerprint=fingerprint)
 
@@ -206,7 +211,12 @@ class HarcModel:
 
     @property
     def device(self) -> torch.device:
-        """The device the weights are on."""
+        """Where inputs go: the device the weights are on or, for a model spread by a device map, its
+        first accelerator (accelerate's hooks move each block's inputs to that block's device)."""
+        placed = getattr(self.hf, "hf_device_map", None)
+        if placed:
+            gpus = [d for d in placed.values() if d not in ("cpu", "disk")]
+            return torch.device(gpus[0]) if gpus else torch.device("cpu")
         return next(self.hf.parameters()).device
 
     @property
@@ -312,6 +322,8 @@ class HarcModel:
             return args, {**kwargs, "hidden_states": resid}
 
         skipped = list(self.blocks[:slot])
+        # accelerate's dispatch (a device map) wraps a block's forward in an instance attribute of its own
+        wrapped = [block.__dict__.get("forward") for block in skipped]
         handle = self.blocks[slot].register_forward_pre_hook(substitute, with_kwargs=True, prepend=True)
         try:
             for block in skipped:  # an instance attribute shadows the class's forward
@@ -319,8 +331,11 @@ class HarcModel:
             yield self
         finally:
             handle.remove()
-            for block in skipped:
-                del block.forward
+            for block, forward in zip(skipped, wrapped, strict=True):
+                if forward is None:
+                    del block.forward
+                else:
+                    block.forward = forward
 
     def hook_layers_from(self, hooks: Sequence[tuple[str, HookFn]], slot: int) -> None:
         """Refuse hooks that act below block `slot` (a resumed pass does not run them)."""
