@@ -171,8 +171,8 @@ def add_parsers(sub) -> None:
 
     cmp = sub.add_parser(
         "compare",
-        help="HARC beside the inference-time baselines, the same held-out split and judge for all "
-        "-> comparison.json, comparison.md",
+        help="HARC beside the inference- and training-time baselines, the same held-out split and judge "
+        "for all -> comparison.json, comparison.md",
     )
     model_args(cmp)
     _data_args(cmp)
@@ -189,7 +189,8 @@ def add_parsers(sub) -> None:
         "--methods",
         default=None,
         help="comma-separated, from base, harc, actadd, cast, self_reminder, smoothllm and the training-time "
-        "sft, dpo, circuit_breakers, repbend (LoRA, minutes each on CPU; default: base, harc and the four "
+        "harc_lora (HARC's LoRA mode), sft, dpo, circuit_breakers, repbend (LoRA, minutes each on CPU; "
+        "settings in the [lora] / [training] config sections; default: base, harc and the four "
         "inference-time ones)",
     )
     cmp.add_argument(

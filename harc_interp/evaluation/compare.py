@@ -91,15 +91,19 @@ class ComparePreset:
 # SmoothLLM's reference setting, all 164 HumanEval problems the helpfulness benchmark, 64 validation
 # rows per group and 64 prompts per attack class so that a 1-prompt change is under 2 points; the
 # training-time baselines get the LoRA budget the METHOD gives HARC's own LoRA.
+# METHOD §5's LoRA schedule: AdamW lr 1e-4 after 100 warm-up steps, accumulation 2, 400 steps (the low
+# end of its 400–2000)
+_PAPER_LORA_LOOP = TrainConfig(
+    steps=400, lr=1e-4, warmup_steps=100, grad_accumulation=2, checkpoint_every=50, log_every=10
+)
 PRESETS: dict[str, ComparePreset] = {
     "paper": ComparePreset(
         CompareConfig(
             eval=EvalConfig(max_new_tokens=512, batch_size=64, samples=8),
             calibration=SteeringCalibration(max_new_tokens=64, max_per_group=64, batch_size=64),
             smoothllm=SmoothLLM(n_copies=10, rate=0.1, kind="swap"),
-            # The METHOD's LoRA budget (r 32, α 64, lr 1e-4 after 100 warm-up steps, 6 unsafe + 6 safe
-            # examples per micro-batch, accumulation 2; 400 steps, the low end of its 400–2000) for every
-            # training-time baseline alike, on 128-token answers.
+            # The METHOD's LoRA budget (r 32, α 64, its schedule, 6 unsafe + 6 safe examples per
+            # micro-batch) for every training-time baseline alike, on 128-token answers.
             training=TrainingBaselineConfig(
                 r=32,
                 alpha=64,
@@ -107,14 +111,7 @@ PRESETS: dict[str, ComparePreset] = {
                 batch_size=64,
                 n_unsafe=6,
                 n_safe=6,
-                train=TrainConfig(
-                    steps=400,
-                    lr=1e-4,
-                    warmup_steps=100,
-                    grad_accumulation=2,
-                    checkpoint_every=50,
-                    log_every=10,
-                ),
+                train=_PAPER_LORA_LOOP,
             ),
             # HARC's LoRA mode as released (METHOD §5): 6 harmful + 4 harmless + 2 borderline per
             # micro-batch, directions re-extracted every 200 steps
@@ -126,14 +123,7 @@ PRESETS: dict[str, ComparePreset] = {
                 n_borderline=2,
                 reextract_every=200,
                 batch_size=64,
-                train=TrainConfig(
-                    steps=400,
-                    lr=1e-4,
-                    warmup_steps=100,
-                    grad_accumulation=2,
-                    checkpoint_every=50,
-                    log_every=10,
-                ),
+                train=_PAPER_LORA_LOOP,
             ),
             humaneval=164,
             throughput_prompts=32,
