@@ -30,3 +30,14 @@ timeout 150 python3 scripts/bench_generate.py "${M[@]}" --n 256 --batch-size 64 
     | tee "$OUT/bench_generate.json"
 timeout 90 python3 scripts/bench_train_step.py "${M[@]}" --batch-size 16 --response-tokens 128 \
     | tee "$OUT/bench_train_step.json"
+# GCG candidates/s with batched candidate evaluation (random weights never comply: the whole budget runs)
+python3 - <<'PY'
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+cfg = AutoConfig.from_pretrained(".device/qwen05")
+AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained("/tmp/qwen05-random")
+AutoTokenizer.from_pretrained(".device/qwen05").save_pretrained("/tmp/qwen05-random")
+PY
+timeout 120 python3 -m harc_interp.cli attack --model /tmp/qwen05-random --device cuda --dtype bfloat16 --quiet \
+    --method gcg --goals starter:harmful --limit 2 --steps 8 --candidates 256 --batch-size 256 \
+    --out /tmp/gcg | tee "$OUT/gcg.json"

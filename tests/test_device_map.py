@@ -90,3 +90,20 @@ def test_a_coupling_edits_alike_across_the_map(pair):
     want = last_token_logprobs(plain, chats, hooks=coupling.hooks(plain))
     assert not torch.allclose(want, last_token_logprobs(plain, chats))  # the coupling does edit
     torch.testing.assert_close(got, want)
+
+
+def test_the_cli_takes_a_device_map(pair, tmp_path, monkeypatch):
+    from harc_interp import Activations
+    from harc_interp.cli import main
+    from harc_interp.model import hooked
+
+    plain, _ = pair
+    seen = []
+    load = hooked.load_model
+    monkeypatch.setattr(hooked, "load_model", lambda *a, **k: seen.append(k["device_map"]) or load(*a, **k))
+    argv = ["cache", "--model", plain.source, "--prompts", "starter:harmful", "--limit", "3", "--quiet"]
+    assert main([*argv, "--device-map", "auto", "--out", str(tmp_path / "a")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert seen == ["auto", None]
+    a, b = Activations.load(tmp_path / "a"), Activations.load(tmp_path / "b")
+    torch.testing.assert_close(a.resid[:], b.resid[:])
