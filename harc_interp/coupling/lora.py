@@ -11,8 +11,9 @@ Every `reextract_every` steps the directions are re-extracted from the tuned mod
 v ← normalize(ema·v_base + (1 − ema)·v_fresh): v_harm and v_ref from the training prompts, v_harm_resp and
 v_ref_resp from the mean of the first N response tokens of the examples' fixed answers, teacher-forced
 (harmful completions, refusals, helpful answers, as the directions stage defines them); the layers are
-re-selected by the HARC layer score (top K, K rising from `top_k_start` to `top_k_end` halfway through). Unlike the subspace mode,
-confinement here is a property of the objective, not of the parameterisation: `harc verify` measures it.
+re-selected by the HARC layer score (top K, K rising from `top_k_start` to `top_k_end` halfway
+through). Unlike the subspace mode, confinement here is a property of the objective, not of the
+parameterisation: `harc verify` measures it.
 """
 
 from __future__ import annotations

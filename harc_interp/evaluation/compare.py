@@ -49,8 +49,7 @@ METHODS = (*DEFAULT_METHODS, "harc_lora", *TRAINING_METHODS)  # harc_lora: the p
 class CompareConfig:
     """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
     ensemble, the training-time baselines' hyperparameters (`training`), HARC's LoRA mode's (`lora`, for
-    `harc_lora`), HumanEval (`humaneval`: number
-    of problems, 0 for none), the throughput probe (`throughput_prompts` harmless held-out prompts
+    `harc_lora`), HumanEval (`humaneval`: number of problems, 0 for none), the throughput probe (`throughput_prompts` harmless held-out prompts
     answered with `throughput_tokens` tokens) and, with `adaptive`, the same budgeted GCG run against
     every method, defence active, on the first `adaptive_goals` held-out harmful goals."""
 
@@ -90,9 +89,8 @@ class ComparePreset:
 # its opening), 8 samples per safe prompt the design notes' sampled over-refusal, 10 copies at 10% swaps
 # SmoothLLM's reference setting, all 164 HumanEval problems the helpfulness benchmark, 64 validation
 # rows per group and 64 prompts per attack class so that a 1-prompt change is under 2 points; the
-# training-time baselines get the LoRA budget the METHOD gives HARC's own LoRA.
-# METHOD §5's LoRA schedule: AdamW lr 1e-4 after 100 warm-up steps, accumulation 2, 400 steps (the low
-# end of its 400–2000)
+# training-time baselines get the LoRA budget the METHOD gives HARC's own LoRA, whose schedule is this
+# (METHOD §5: AdamW lr 1e-4 after 100 warm-up steps, accumulation 2, 400 steps, the low end of 400–2000).
 _PAPER_LORA_LOOP = TrainConfig(
     steps=400, lr=1e-4, warmup_steps=100, grad_accumulation=2, checkpoint_every=50, log_every=10
 )
