@@ -49,9 +49,10 @@ METHODS = (*DEFAULT_METHODS, "harc_lora", *TRAINING_METHODS)  # harc_lora: the p
 class CompareConfig:
     """What `compare` runs: the methods, the shared evaluation, the steering calibration, SmoothLLM's
     ensemble, the training-time baselines' hyperparameters (`training`), HARC's LoRA mode's (`lora`, for
-    `harc_lora`), HumanEval (`humaneval`: number of problems, 0 for none), the throughput probe (`throughput_prompts` harmless held-out prompts
-    answered with `throughput_tokens` tokens) and, with `adaptive`, the same budgeted GCG run against
-    every method, defence active, on the first `adaptive_goals` held-out harmful goals."""
+    `harc_lora`), HumanEval (`humaneval`: number of problems, 0 for none), the throughput probe
+    (`throughput_prompts` harmless held-out prompts answered with `throughput_tokens` tokens) and, with
+    `adaptive`, the same budgeted GCG run against every method, defence active, on the first
+    `adaptive_goals` held-out harmful goals."""
 
     methods: tuple[str, ...] = DEFAULT_METHODS
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(samples=4))
