@@ -35,9 +35,23 @@ def test_compare_writes_one_row_per_method_and_resumes_finished_methods(
     assert actadd["calibration"]["coefficient"] in (0.5, 1.0)
     assert "| actadd |" in (tmp_path / "comparison.md").read_text()
     # a rerun sets up and evaluates nothing again
-    monkeypatch.setattr(compare_mod, "_setup", lambda *a, **k: pytest.fail("a finished method was redone"))
+    monkeypatch.setattr(compare_mod, "_prepare", lambda *a, **k: pytest.fail("a finished method was redone"))
+    monkeypatch.setattr(compare_mod, "evaluate_safety", lambda *a, **k: pytest.fail("evaluated again"))
     again = compare_methods(tiny, tiny_directions, train, held_out, tmp_path, config, progress=False)
     assert [r["mean_asr"] for r in again["methods"]] == [r["mean_asr"] for r in result["methods"]]
+    # HumanEval asked for afterwards reopens each finished method from its record (ActAdd with its
+    # calibrated coefficient) and measures only what is missing
+    opened = []
+    real_open = compare_mod._open
+    monkeypatch.setattr(
+        compare_mod, "_open", lambda name, record, *a: opened.append(record) or real_open(name, record, *a)
+    )
+    with_he = CompareConfig(**{**config.__dict__, "humaneval": 1})
+    he = compare_methods(tiny, tiny_directions, train, held_out, tmp_path, with_he, progress=False)
+    assert [r["humaneval_pass_at_1"] for r in he["methods"]] == [0.0, 0.0, 0.0]  # a random model's code
+    assert [r["mean_asr"] for r in he["methods"]] == [r["mean_asr"] for r in result["methods"]]
+    assert opened[1]["calibration"]["coefficient"] == actadd["calibration"]["coefficient"]
+    assert (tmp_path / "methods" / "actadd" / "humaneval_result.json").is_file()
 
 
 def test_compare_names_the_methods_it_knows():

@@ -2,7 +2,8 @@
 held-out split, calibrated or trained on the training split only.
 
 Each method's result is cached in `out/methods/NAME/result.json` (keyed on the model, the splits and
-the settings), so a killed run resumes without redoing finished methods. `comparison.json` and
+the settings), so a killed run resumes without redoing finished methods; HumanEval and the adaptive
+attack have their own caches beside it, so asking for them later measures only them. `comparison.json` and
 `comparison.md` gather one row per method; the trade-off figure plots attack success against
 over-refusal.
 """
@@ -134,13 +135,14 @@ PRESETS: dict[str, ComparePreset] = {
 """Named `compare` settings. "paper": GPU scale (pair it with `--device cuda --dtype bfloat16`)."""
 
 
-def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupling_dir, subspace, judge):
-    """(variant-opening context factory, setup record) of one method; calibration on `train` only."""
+def _prepare(name, model, directions, train, out: Path, cfg: CompareConfig, coupling_dir, subspace, judge):
+    """One method's setup record: what it was calibrated or trained to on `train` only (coefficients,
+    condition, coupling or adapter path), enough for `_open` to rebuild it without redoing the work."""
     slot = directions.selected_layer
     if slot is None:
         raise HarcError("the directions artifact has no selected layer: run `harc directions` to the end")
-    if name == "base":
-        return (lambda: _plain(Variant(name="base"))), {"trainable_parameters": 0}
+    if name in ("base", "self_reminder"):
+        return {"trainable_parameters": 0}
     if name == "harc":
         path = Path(coupling_dir) if coupling_dir else out / "coupling"
         if not coupling_dir:
@@ -148,13 +150,12 @@ def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupli
         from ..coupling.maps import CouplingIntervention
 
         n = sum(p.numel() for p in CouplingIntervention.load(path).parameters())
-        return (lambda: _tuned(model, path)), {"trainable_parameters": n, "coupling": str(path)}
+        return {"trainable_parameters": n, "coupling": str(path)}
     if name == "actadd":
         cal = calibrate_coefficient(
             model, lambda c: actadd_variant(model, directions, slot, c), train, cfg.calibration, judge
         )
-        variant = actadd_variant(model, directions, slot, cal["coefficient"])
-        return (lambda: _plain(variant)), {"trainable_parameters": 0, "slot": slot, "calibration": cal}
+        return {"trainable_parameters": 0, "slot": slot, "calibration": cal}
     if name == "cast":
         cond = calibrate_condition(model, directions, train, slot, cfg.calibration)
         cal = calibrate_coefficient(
@@ -164,31 +165,44 @@ def _setup(name, model, directions, train, out: Path, cfg: CompareConfig, coupli
             cfg.calibration,
             judge,
         )
-        variant = cast_variant(model, directions, cond["slot"], cond["threshold"], slot, cal["coefficient"])
-        record = {"trainable_parameters": 0, "slot": slot, "condition": cond, "calibration": cal}
-        return (lambda: _plain(variant)), record
-    if name == "self_reminder":
-        return (lambda: _plain(Variant(name=name, prompts=SelfReminder()))), {"trainable_parameters": 0}
+        return {"trainable_parameters": 0, "slot": slot, "condition": cond, "calibration": cal}
     if name == "smoothllm":
-        variant = Variant(name=name, prompts=cfg.smoothllm)
-        return (lambda: _plain(variant)), {"trainable_parameters": 0, "smoothllm": asdict(cfg.smoothllm)}
+        return {"trainable_parameters": 0, "smoothllm": asdict(cfg.smoothllm)}
     if name == "harc_lora":
         start = time.perf_counter()
         adapter = train_lora(model, directions, train, out / "coupling", cfg.lora, judge, progress=False)
-        record = {
+        return {
             "trainable_parameters": _adapter_size(adapter),
             "training_seconds": round(time.perf_counter() - start, 1),
             "adapter": str(adapter),
         }
-        return (lambda: baseline_variant(model, adapter, name)), record
     if name in TRAINING_METHODS:
         # the generated training answers are shared by every training-time method of this comparison
         data_dir = out.parent.parent / "training_data"
         rec = train_baseline(model, name, train, out, cfg.training, judge, data_dir=data_dir, progress=False)
         keep = ("trainable_parameters", "training_seconds", "data_seconds", "adapter", "slots", "n_examples")
-        record = {k: rec[k] for k in (*keep, "final_losses")}
-        return (lambda: baseline_variant(model, rec["adapter"], name)), record
+        return {k: rec[k] for k in (*keep, "final_losses")}
     raise HarcError(f"unknown method {name!r}")
+
+
+def _open(name: str, record: dict, model: HarcModel, directions, cfg: CompareConfig):
+    """A context that opens to the method's Variant, rebuilt from its `_prepare` record."""
+    if name == "base":
+        return _plain(Variant(name="base"))
+    if name == "harc":
+        return _tuned(model, Path(record["coupling"]))
+    if name == "actadd":
+        return _plain(actadd_variant(model, directions, record["slot"], record["calibration"]["coefficient"]))
+    if name == "cast":
+        cond, coefficient = record["condition"], record["calibration"]["coefficient"]
+        return _plain(
+            cast_variant(model, directions, cond["slot"], cond["threshold"], record["slot"], coefficient)
+        )
+    if name == "self_reminder":
+        return _plain(Variant(name=name, prompts=SelfReminder()))
+    if name == "smoothllm":
+        return _plain(Variant(name=name, prompts=cfg.smoothllm))
+    return baseline_variant(model, Path(record["adapter"]), name)  # harc_lora and the training-time ones
 
 
 def _adapter_size(adapter_dir: Path) -> int:
@@ -271,7 +285,6 @@ def compare_methods(
         "train": {k: list(v.ids) for k, v in train.items()},
         "held_out": {k: list(v.ids) for k, v in held_out.items()},
         "eval": asdict(config.eval),
-        "humaneval": config.humaneval,
         "judge": repr(judge),
         **({"harm_judge": harm_judge.name} if harm_judge else {}),
     }
@@ -281,11 +294,11 @@ def compare_methods(
 
         def run(name=name, method_dir=method_dir) -> dict:
             start = time.perf_counter()
-            opener, record = _setup(
+            record = _prepare(
                 name, model, directions, train, method_dir, config, coupling_dir, subspace, judge
             )
             setup_s = time.perf_counter() - start
-            with opener() as variant:
+            with _open(name, record, model, directions, config) as variant:
                 safety = evaluate_safety(
                     model,
                     **held_out,
@@ -300,35 +313,9 @@ def compare_methods(
                     progress=progress,
                 )
                 tps = throughput(model, variant, held_out["harmless"], config)
-                he = (
-                    humaneval_pass_at_1(
-                        model,
-                        variant,
-                        HumanEvalConfig(limit=config.humaneval, batch_size=config.eval.batch_size),
-                        responses_path=method_dir / "humaneval.json",
-                        progress=progress,
-                    )
-                    if config.humaneval
-                    else None
-                )
-                adaptive = (
-                    adaptive_attack(
-                        model,
-                        variant,
-                        held_out["harmful"],
-                        method_dir / "adaptive",
-                        config,
-                        harm_judge or judge,
-                        progress,
-                    )
-                    if config.adaptive
-                    else None
-                )
             return record | {
                 "method": name,
                 "safety": safety,
-                "humaneval": he,
-                "adaptive": adaptive,
                 "setup_seconds": round(setup_s, 1),
                 "tokens_per_second": round(tps, 1),
             }
@@ -338,12 +325,50 @@ def compare_methods(
             extra = {"training": asdict(config.training)}
         if name == "harc_lora":
             extra = {"lora": asdict(config.lora)}
-        settings = {"calibration": asdict(config.calibration), "smoothllm": asdict(config.smoothllm)}
-        if config.adaptive:  # keyed only when asked for: the other results' caches stay valid
-            settings |= {"adaptive": asdict(config.adaptive), "adaptive_goals": config.adaptive_goals}
-        rows[name] = cached_json(
-            method_dir / "result.json", run, key=key | {"method": name} | settings | extra
-        )
+        method_key = key | {"method": name, "calibration": asdict(config.calibration)} | extra
+        method_key |= {"smoothllm": asdict(config.smoothllm)}
+        row = cached_json(method_dir / "result.json", run, key=method_key)
+        # Capability and the adaptive attack are cached on their own, so asking for them later (or for
+        # more HumanEval problems) reopens the finished method instead of redoing its evaluation.
+        if config.humaneval:
+
+            def run_humaneval(name=name, method_dir=method_dir, row=row) -> dict:
+                with _open(name, row, model, directions, config) as variant:
+                    return humaneval_pass_at_1(
+                        model,
+                        variant,
+                        HumanEvalConfig(limit=config.humaneval, batch_size=config.eval.batch_size),
+                        responses_path=method_dir / "humaneval.json",
+                        progress=progress,
+                    )
+
+            row["humaneval"] = cached_json(
+                method_dir / "humaneval_result.json",
+                run_humaneval,
+                key=method_key | {"humaneval": config.humaneval},
+            )
+        if config.adaptive:
+
+            def run_adaptive(name=name, method_dir=method_dir, row=row) -> dict:
+                with _open(name, row, model, directions, config) as variant:
+                    attack_judge = harm_judge or judge
+                    return adaptive_attack(
+                        model,
+                        variant,
+                        held_out["harmful"],
+                        method_dir / "adaptive",
+                        config,
+                        attack_judge,
+                        progress,
+                    )
+
+            row["adaptive"] = cached_json(
+                method_dir / "adaptive_result.json",
+                run_adaptive,
+                key=method_key
+                | {"adaptive": asdict(config.adaptive), "adaptive_goals": config.adaptive_goals},
+            )
+        rows[name] = row
     base_tps = rows["base"]["tokens_per_second"] if "base" in rows else None
     table = [_row(r, base_tps) for r in rows.values()]
     result = {
