@@ -137,8 +137,8 @@ def test_harc_compare_adaptive_attacks_every_method_with_its_defence_active(
     result = json.loads((tmp_path / "c" / "comparison.json").read_text())
     for row in result["methods"]:
         assert 0 <= row["adaptive_gcg_asr"] <= 1
-        summary = json.loads((tmp_path / "c" / "methods" / row["method"] / "result.json").read_text())
-        adaptive = summary["result"]["adaptive"]
+        cached = tmp_path / "c" / "methods" / row["method"] / "adaptive_result.json"
+        adaptive = json.loads(cached.read_text())["result"]
         assert adaptive["n_goals"] == 2 and adaptive["budget"]["steps"] == 2
         assert all(g["steps"] <= 2 for g in adaptive["per_goal"])
         assert (tmp_path / "c" / "methods" / row["method"] / "adaptive" / "attempts.jsonl").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,38 @@ def test_plane_on_the_real_model(real, real_directions, tmp_path):
     assert {c.name for c in geo.classes} >= {"harmful", "harmless", *classes}
     write_plane_figures(result, tmp_path, real_directions)
     assert (tmp_path / "coords.jsonl").is_file() and (tmp_path / "figures" / "plane_oblique.html").is_file()
+
+
+def test_a_small_comparison_on_the_real_model(real, real_directions, tmp_path):
+    """`compare` with two inference-time baselines beside base on a few held-out prompts: ActAdd's
+    coefficient is chosen on training rows by its rule and steers towards refusal; Self-Reminder answers
+    under its own system prompt; the rows' responses stay in the run folder."""
+    from harc_interp.baselines import SteeringCalibration
+    from harc_interp.data.prompts import safety_splits
+    from harc_interp.evaluation.compare import CompareConfig, compare_methods
+    from harc_interp.evaluation.safety import EvalConfig
+
+    sets = [starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")]
+    train, held_out = safety_splits(*sets, max_per_class=1)
+    held_out = {k: v.sample(min(6, len(v)), seed=0) for k, v in held_out.items()}
+    config = CompareConfig(
+        methods=("base", "actadd", "self_reminder"),
+        eval=EvalConfig(max_new_tokens=16, batch_size=16, samples=0),
+        calibration=SteeringCalibration(coefficients=(0.5, 2.0), max_per_group=4, max_new_tokens=16),
+        throughput_prompts=2,
+        throughput_tokens=4,
+    )
+    result = compare_methods(real, real_directions, train, held_out, tmp_path, config, progress=False)
+    base, actadd, reminder = result["methods"]
+    assert (base["method"], actadd["method"], reminder["method"]) == ("base", "actadd", "self_reminder")
+    assert base["harmless_kl"] == pytest.approx(0, abs=1e-6) and reminder["harmless_kl"] > 0
+    cal = json.loads((tmp_path / "methods" / "actadd" / "result.json").read_text())["result"]["calibration"]
+    assert set(cal["n_validation"]) >= {"harmless", "borderline"}
+    assert cal["coefficient"] in (0.5, 2.0)
+    if cal["rule_met"]:
+        chosen = next(c for c in cal["candidates"] if c["coefficient"] == cal["coefficient"])
+        assert chosen["safe_rise"] <= 0.05
+    # adding the refusal direction does not make the model comply with more plain harmful requests
+    assert actadd["plain_harmful_asr"] <= base["plain_harmful_asr"]
+    assert all(0 <= r["mean_asr"] <= 1 and r["throughput_vs_base"] > 0 for r in result["methods"])
+    assert (tmp_path / "methods" / "self_reminder" / "responses.json").is_file()

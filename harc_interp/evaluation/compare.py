@@ -312,13 +312,7 @@ def compare_methods(
                     responses_path=method_dir / "responses.json",
                     progress=progress,
                 )
-                tps = throughput(model, variant, held_out["harmless"], config)
-            return record | {
-                "method": name,
-                "safety": safety,
-                "setup_seconds": round(setup_s, 1),
-                "tokens_per_second": round(tps, 1),
-            }
+            return record | {"method": name, "safety": safety, "setup_seconds": round(setup_s, 1)}
 
         extra = {"coupling_dir": str(coupling_dir)} if name == "harc" and coupling_dir else {}
         if name in TRAINING_METHODS:  # keyed only where it matters: other methods' caches stay valid
@@ -369,6 +363,13 @@ def compare_methods(
                 | {"adaptive": asdict(config.adaptive), "adaptive_goals": config.adaptive_goals},
             )
         rows[name] = row
+    # Speed is measured afresh for every method, back to back in this process (never cached): a ratio
+    # to base is only meaningful when both sides ran on the same machine under the same load. One
+    # unmeasured plain pass first, so no row pays for the warm-up.
+    throughput(model, Variant(), held_out["harmless"], config)
+    for name, row in rows.items():
+        with _open(name, row, model, directions, config) as variant:
+            row["tokens_per_second"] = round(throughput(model, variant, held_out["harmless"], config), 1)
     base_tps = rows["base"]["tokens_per_second"] if "base" in rows else None
     table = [_row(r, base_tps) for r in rows.values()]
     result = {
