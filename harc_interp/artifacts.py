@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import sys
@@ -190,12 +191,9 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise HarcError(f"{path} is corrupt or truncated ({e}); re-create it") from None
 
 
-def open_tensor_mmap(path: str | Path, name: str) -> torch.Tensor:
-    """A read-only, memory-mapped view of one tensor in a safetensors file: nothing is read until
-    it is used, so a large cache costs no memory to open."""
-    import numpy as np
-
-    path = Path(path)
+def _f32_layout(path: Path, name: str) -> tuple[int, tuple[int, ...]] | None:
+    """(byte offset, shape) of float32 tensor `name` in a safetensors file (None: another dtype);
+    `HarcError` when the file is missing, corrupt or shorter than its header promises."""
     if not path.is_file():
         raise HarcError(f"{path} is missing")
     size = path.stat().st_size
@@ -209,7 +207,7 @@ def open_tensor_mmap(path: str | Path, name: str) -> torch.Tensor:
         raise HarcError(f"{path} is corrupt or truncated (no readable '{name}' entry); re-create it")
     info = header[name]
     if info["dtype"] != "F32":
-        return load_tensors(path)[name]
+        return None
     start, end = info["data_offsets"]
     expected = 4
     for s in info["shape"]:
@@ -218,7 +216,42 @@ def open_tensor_mmap(path: str | Path, name: str) -> torch.Tensor:
         raise HarcError(
             f"{path} is corrupt or truncated ({size} bytes, header promises {8 + n + end}); re-create it"
         )
-    array = np.memmap(path, dtype=np.float32, mode="r", offset=8 + n + start, shape=tuple(info["shape"]))
+    return 8 + n + start, tuple(info["shape"])
+
+
+class TensorRows:
+    """Rows (along dim 0) of one float32 tensor in a safetensors file, read with plain file reads: what
+    was read stays in the OS page cache, not in this process's memory, as a memory map's pages would."""
+
+    def __init__(self, path: str | Path, name: str):
+        self.path = Path(path)
+        layout = _f32_layout(self.path, name)
+        if layout is None:
+            raise HarcError(f"{self.path}: '{name}' is not float32")
+        self.offset, self.shape = layout
+        self.row_bytes = 4 * math.prod(self.shape[1:])
+        self.file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        self.file.seek(self.offset + start * self.row_bytes)
+        raw = bytearray(self.file.read((stop - start) * self.row_bytes))
+        return torch.frombuffer(raw, dtype=torch.float32).view(stop - start, *self.shape[1:])
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_tensor_mmap(path: str | Path, name: str) -> torch.Tensor:
+    """A read-only, memory-mapped view of one tensor in a safetensors file: nothing is read until
+    it is used, so a large cache costs no memory to open."""
+    import numpy as np
+
+    path = Path(path)
+    layout = _f32_layout(path, name)
+    if layout is None:
+        return load_tensors(path)[name]
+    offset, shape = layout
+    array = np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=shape)
     import warnings
 
     with warnings.catch_warnings():  # torch warns that the memmap is read-only; we never write to it

@@ -141,12 +141,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--memory-counts", type=int, nargs="*", default=[64, 4096])
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child_memory:
         peak_memory_child(args)
         return
-    report = {"throughput": throughput(args)}
+    report = {} if args.skip_throughput else {"throughput": throughput(args)}
     print(json.dumps(report, indent=1), flush=True)
     if not args.skip_memory:
         report |= peak_memory(args)

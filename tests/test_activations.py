@@ -144,3 +144,19 @@ def test_config_validation():
 def test_layer_out_of_range(tiny):
     with pytest.raises(HarcError, match="out of range 0..4"):
         cache_residuals(tiny, PROMPTS[:1], config=CacheConfig(layers=(9,)), progress=False)
+
+
+def test_tensor_rows_reads_what_was_saved_without_mapping_it(tmp_path):
+    from harc_interp.artifacts import TensorRows, save_tensors
+
+    x = torch.randn(5, 3, 4)
+    save_tensors(tmp_path / "t.safetensors", {"resid": x, "index": torch.arange(5)})
+    rows = TensorRows(tmp_path / "t.safetensors", "resid")
+    assert torch.equal(rows.rows(1, 4), x[1:4]) and torch.equal(rows.rows(4, 5), x[4:])
+    rows.close()
+    with pytest.raises(HarcError, match="not float32"):
+        TensorRows(tmp_path / "t.safetensors", "index")
+    path = tmp_path / "t.safetensors"
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(HarcError, match="corrupt or truncated"):
+        TensorRows(path, "resid")

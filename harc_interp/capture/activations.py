@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 from jaxtyping import Float
-from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..artifacts import (
+    TensorRows,
     check_schema,
     load_tensors,
     now,
@@ -350,13 +350,12 @@ def _write_shards(out_dir: Path, run_key: str, order, shard_size: int, shape, ba
 
 
 def _assemble(out_dir: Path, shards: list[list[int]], shape, meta: dict) -> None:
-    """Stream shards into one file in the original prompt order (memory: one prompt at a time)."""
+    """Stream shards into one file in the original prompt order (memory: one prompt at a time; the
+    shards are read with file reads, not mapped, so the pages read do not pile up in this process)."""
     where = {}
     files = [
-        safe_open(str(out_dir / "shards" / f"shard_{k:05d}.safetensors"), framework="pt")
-        for k in range(len(shards))
+        TensorRows(out_dir / "shards" / f"shard_{k:05d}.safetensors", "resid") for k in range(len(shards))
     ]
-    slices = [f.get_slice("resid") for f in files]
     for k, shard in enumerate(shards):
         for row, original in enumerate(shard):
             where[original] = (k, row)
@@ -364,9 +363,13 @@ def _assemble(out_dir: Path, shards: list[list[int]], shape, meta: dict) -> None
     def rows():
         for i in range(shape[0]):
             k, row = where[i]
-            yield slices[k][row : row + 1]
+            yield files[k].rows(row, row + 1)
 
-    write_tensor_stream(out_dir / "activations.safetensors", "resid", shape, torch.float32, rows())
+    try:
+        write_tensor_stream(out_dir / "activations.safetensors", "resid", shape, torch.float32, rows())
+    finally:
+        for f in files:
+            f.close()
     write_json(
         out_dir / "activations.json", stamp_schema(meta | {"created": now()}, "activations", SCHEMA_VERSION)
     )
