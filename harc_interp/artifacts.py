@@ -233,11 +233,13 @@ class TensorRows:
         self.file = open(self.path, "rb")  # noqa: SIM115 (closed by close())
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows `start:stop`, read now (a fresh tensor that owns its memory)."""
         self.file.seek(self.offset + start * self.row_bytes)
         raw = bytearray(self.file.read((stop - start) * self.row_bytes))
         return torch.frombuffer(raw, dtype=torch.float32).view(stop - start, *self.shape[1:])
 
     def close(self) -> None:
+        """Close the file."""
         self.file.close()
 
 
