@@ -197,11 +197,11 @@ def test_a_small_comparison_on_the_real_model(real, real_directions, tmp_path):
 
     sets = [starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")]
     train, held_out = safety_splits(*sets, max_per_class=1)
-    held_out = {k: v.sample(min(6, len(v)), seed=0) for k, v in held_out.items()}
+    held_out = {k: v.sample(min(4, len(v)), seed=0) for k, v in held_out.items()}
     config = CompareConfig(
         methods=("base", "actadd", "self_reminder"),
-        eval=EvalConfig(max_new_tokens=16, batch_size=16, samples=0),
-        calibration=SteeringCalibration(coefficients=(0.5, 2.0), max_per_group=4, max_new_tokens=16),
+        eval=EvalConfig(max_new_tokens=12, batch_size=16, samples=0),
+        calibration=SteeringCalibration(coefficients=(0.5, 2.0), max_per_group=3, max_new_tokens=12),
         throughput_prompts=2,
         throughput_tokens=4,
     )
