@@ -345,14 +345,13 @@ def compare_methods(
 
             def run_adaptive(name=name, method_dir=method_dir, row=row) -> dict:
                 with _open(name, row, model, directions, config) as variant:
-                    attack_judge = harm_judge or judge
                     return adaptive_attack(
                         model,
                         variant,
                         held_out["harmful"],
                         method_dir / "adaptive",
                         config,
-                        attack_judge,
+                        harm_judge or judge,
                         progress,
                     )
 
