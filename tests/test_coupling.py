@@ -640,7 +640,7 @@ def _calibrate(d, coords, tmp_path, kls=None, **config):
     """Calibrate the margin of a fresh one-token map at slot 2 on synthetic span coordinates. The check
     stands in for answering the validation prompts: a safe prompt counts as refused when the map lifts its
     refusal read-out past halfway to the harmful mean (0.5), the judge's call in the objective's units;
-    the safe prompts' KL is `kls[i]` at the i-th check (0 without `kls`)."""
+    the safe prompts' KL is `kls[margin]` for the candidate in place (0 without `kls`)."""
     from harc_interp.coupling import train_slot
 
     _, to_plane = _read_out_placer(d)
@@ -649,11 +649,11 @@ def _calibrate(d, coords, tmp_path, kls=None, **config):
     safe = torch.cat([coords[n][:, 0] for n in ("harmless", "borderline") if n in coords])
     checks = []
 
-    def check():
+    def check(margin):
         with torch.no_grad():
             ref = (coupling.maps[0](safe)[:, -1] @ readout.T)[:, 1]
-        checks.append(float((ref > 0.5).float().mean()))
-        return {"safe_refusal": checks[-1], "safe_kl": kls[len(checks) - 1] if kls else 0.0}
+        checks.append((margin, float((ref > 0.5).float().mean())))
+        return {"safe_refusal": checks[-1][1], "safe_kl": kls[margin] if kls and margin else 0.0}
 
     cfg = SubspaceConfig(
         span_context=False,
@@ -673,10 +673,12 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
     coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
     stage, coupling, checks = _calibrate(tiny_directions, coords, tmp_path)
     cal = stage["calibration"]
-    assert [c["margin"] for c in cal["candidates"]] == [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
+    # Bisection over the seven default candidates: 3 meets the rule, then 6, then 8 (the largest).
+    assert [c["margin"] for c in cal["candidates"]] == [3.0, 6.0, 8.0]
     assert cal["met"] and stage["margin"] == 8.0
     assert cal["uncoupled"]["safe_refusal"] == 0.0 and all(c["safe_rise"] == 0.0 for c in cal["candidates"])
-    assert len(checks) == 8  # the uncoupled model, then each candidate in place
+    assert [m for m, _ in checks] == [None, 3.0, 6.0, 8.0]  # the uncoupled model, then each candidate
+    assert not (tmp_path / "calibration" / "margin_1").exists()  # never trained
     lifted = [c["jailbreak_t_post"] for c in cal["candidates"]]  # validation read-outs after the map
     assert lifted[-1] > lifted[0] > 0.5
     # The coupling carries the picked candidate's map, trained under calibration/margin_8/.
@@ -687,19 +689,18 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
 
 
 def test_calibration_stops_at_the_first_margin_over_the_kl_budget(tiny_directions, tmp_path, caplog):
-    # The same separable set, but the safe prompts' KL (given per check) passes the 0.1 budget at 2.0:
-    # the calibration keeps 1.5, trains nothing past 2.0, and a wider grid reuses the trained candidates.
+    # The same separable set, but the safe prompts' KL (given per margin) passes the 0.1 budget at 2.0:
+    # the bisection keeps 1.5 after trying 1.5 and 2.0 only, and a wider grid reuses the trained candidates.
     place, _ = _read_out_placer(tiny_directions)
     levels = {"harmless": 0.0, "borderline": 0.0, "harmful": 1.0, "jailbreak": -0.5}
     coords = {n: place(level, (64, 1))[:, None] for n, level in levels.items()}
-    kls = [0.0, 0.02, 0.08, 0.3]
+    kls = {1.0: 0.02, 1.5: 0.08, 2.0: 0.3, 3.0: 0.5, 4.0: 0.6}
     stage, _, checks = _calibrate(
         tiny_directions, coords, tmp_path, kls=kls, margin_grid=(1.0, 1.5, 2.0, 3.0)
     )
     cal = stage["calibration"]
-    assert stage["margin"] == 1.5 and cal["met"] and len(checks) == 4
+    assert stage["margin"] == 1.5 and cal["met"] and len(checks) == 3
     assert [(c["margin"], c["meets_rule"], c["safe_kl"]) for c in cal["candidates"]] == [
-        (1.0, True, 0.02),
         (1.5, True, 0.08),
         (2.0, False, 0.3),
     ]
@@ -707,8 +708,10 @@ def test_calibration_stops_at_the_first_margin_over_the_kl_budget(tiny_direction
     caplog.set_level("INFO", logger="harc_interp.coupling.loop")
     again, _, _ = _calibrate(
         tiny_directions, coords, tmp_path, kls=kls, margin_grid=(1.0, 1.5, 2.0, 3.0, 4.0), kl_budget=0.05
-    )  # another grid and budget: the finished checkpoints are the same maps, reused, not an error
-    assert again["margin"] == 1.0 and caplog.text.count("resuming from step 150") == 2
+    )  # another grid and budget: 2.0 breaks it, 1.0 meets it, 1.5 breaks it; the finished maps are reused
+    tried = [c["margin"] for c in again["calibration"]["candidates"]]
+    assert again["margin"] == 1.0 and tried == [2.0, 1.0, 1.5]
+    assert caplog.text.count("resuming from step 150") == 2
 
 
 def test_calibration_stops_at_the_first_margin_that_raises_over_refusal(tiny_directions, tmp_path, caplog):
@@ -722,8 +725,8 @@ def test_calibration_stops_at_the_first_margin_that_raises_over_refusal(tiny_dir
     )
     cal = stage["calibration"]
     assert not cal["met"] and stage["margin"] == 1.0
-    assert [c["margin"] for c in cal["candidates"]] == [1.0]  # no larger margin trained after a failure
-    assert cal["candidates"][0]["safe_rise"] > 0.05 and not cal["candidates"][0]["meets_rule"]
+    assert [c["margin"] for c in cal["candidates"]] == [3.0, 1.5, 1.0]  # each failure halves the range
+    assert cal["candidates"][-1]["safe_rise"] > 0.05 and not cal["candidates"][-1]["meets_rule"]
     assert "kept it" in caplog.text
     z = coords["harmless"][:4, 0]
     assert not torch.equal(coupling.maps[0](z), z)  # the failing candidate is kept (the weakest there is)
@@ -736,6 +739,9 @@ def test_pick_margin_keeps_the_last_margin_before_the_rule_breaks():
     assert pick_margin(rows) == (1.5, True)
     assert pick_margin(rows[:2]) == (1.5, True)
     assert pick_margin([{"margin": 1.0, "meets_rule": False}]) == (1.0, False)
+    bisected = [{"margin": m, "meets_rule": ok} for m, ok in ((3.0, True), (6.0, False), (4.0, True))]
+    assert pick_margin(bisected) == (4.0, True)  # the order tried does not matter
+    assert pick_margin([{"margin": m, "meets_rule": False} for m in (3.0, 1.5, 1.0)]) == (1.0, False)
 
 
 def test_calibration_needs_a_validation_check(tiny_directions, tmp_path):

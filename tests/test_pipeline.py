@@ -62,6 +62,20 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     # The rerun resumed: the coupling's training ended in the same weights, so no evaluation ran again.
     assert {f: (tmp_path / f).stat().st_mtime_ns for f in evaluated} == evaluated
 
+    # No stage before the evaluation read an evaluation row: neither the directions (every split, probes'
+    # test rows included) nor the coupling's training and validation rows share a goal with them.
+    def goals(ids):
+        return {i.split("::")[-1] for i in ids}
+
+    evaluated_ids = json.loads((tmp_path / "eval" / "base.json").read_text())["key"]["eval"]
+    held_out = goals(i for ids in evaluated_ids.values() for i in ids)
+    directions = json.loads((tmp_path / "directions" / "directions.json").read_text())["splits"]
+    coordinates = json.loads((tmp_path / "coupling" / "work" / "coordinates.json").read_text())["ids"]
+    for read in (directions, coordinates):
+        seen = goals(i for ids in read.values() for i in ids)
+        assert seen and not seen & held_out
+    assert len(held_out) >= 24 + 24 + 12  # held-out harmful goals, harmless and borderline prompts
+
     # Every JSON artifact names its schema and carries its provenance.
     for path, schema in (
         ("summary.json", "main_summary"),

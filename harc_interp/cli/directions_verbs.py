@@ -231,13 +231,12 @@ def cmd_score(args: argparse.Namespace) -> dict:
 
 def cmd_run(args: argparse.Namespace) -> dict:
     """`harc run`: the main job (`report.pipeline.run_main`)."""
-    from ..report.pipeline import run_main
+    from ..report.pipeline import main_directions_config, run_main
 
     harmful = load_role(args.harmful, "harmful", None) if args.harmful else None
     harmless = load_role(args.harmless, "harmless", None) if args.harmless else None
     batch_size = args.batch_size or 16
-    base = DirectionsConfig(n_train=28, n_val=8, n_test=12, batch_size=batch_size)
-    config = build_config(DirectionsConfig, "directions", args, base=base)
+    config = build_config(DirectionsConfig, "directions", args, base=main_directions_config(batch_size))
     judge, harm_judge = judges(args, Path(args.out))
     model, refusal_tokens = args.model, None
     if args.refusal_tokens or args.device_map:  # otherwise run_main loads (and times) it

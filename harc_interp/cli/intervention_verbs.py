@@ -36,9 +36,9 @@ SUBSPACE_FLAGS = (
     ("retention_weight", "retention_weight", f"advanced: weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
     ("margin", "margin", "where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
      f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated, the largest of "
-     f"{', '.join(f'{m:g}' for m in S.margin_grid)}, tried from the weakest up, before the first that raises "
-     "the refusal rate of the validation rows' harmless and borderline prompts by more than --over-refusal-tolerance "
-     "or their next-token KL above --kl-budget)"),
+     f"{', '.join(f'{m:g}' for m in S.margin_grid)} (searched by bisection) that raises the refusal rate of the "
+     "validation rows' harmless and borderline prompts by at most --over-refusal-tolerance and their next-token "
+     "KL to at most --kl-budget)"),
     ("over_refusal_tolerance", "over_refusal_tolerance", "the calibration's budget: how much the validation "
      f"harmless and borderline prompts' refusal rate may rise, judged on greedy answers (default "
      f"{S.over_refusal_tolerance})"),

@@ -83,11 +83,12 @@ class SubspaceConfig:
     slots: tuple[int, ...] | None = None  # None: `default_slots`
     hidden: int = 32
     # Where harmful-like prompts must reach (1 = the plain-harmful mean). None: calibrated per slot on the
-    # validation rows by what a user sees: candidates of `margin_grid` are tried from the weakest up, each
-    # answering the validation prompts (greedy, `calibration_tokens`, the phrase judge), and the largest
-    # is kept before the first whose harmless and borderline refusal rate rises by more than
-    # `over_refusal_tolerance` over the uncoupled model, or whose next-token KL on those validation
-    # prompts exceeds `kl_budget` (the smallest, with a warning, if even it does). The steering baselines'
+    # validation rows by what a user sees: candidates of `margin_grid`, each answering the validation
+    # prompts (greedy, `calibration_tokens`, the phrase judge), are searched by bisection for the largest
+    # whose harmless and borderline refusal rate rises by at most `over_refusal_tolerance` over the
+    # uncoupled model and whose next-token KL on those validation prompts stays within `kl_budget` (the
+    # smallest, with a warning, if even it breaks the rule). Both rise with the margin, so three of the
+    # seven default candidates are trained and answered, not all seven. The steering baselines'
     # coefficient follows the same refusal rule. (A budget on plane movement, the earlier rule, did not
     # transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets. A grid that stopped
     # at 3 was exhausted on the real 0.5B model with safe refusals unchanged: it runs on to 8.)
@@ -296,8 +297,9 @@ def validation_refusals(
     sets: dict[str, PromptSet],
     coords: dict[str, Tensor],
     config: SubspaceConfig,
-) -> Callable[[], dict]:
-    """The margin calibration's check: a function that answers the validation rows (the rows `split_rows`
+) -> Callable[[float | None], dict]:
+    """The margin calibration's check: a function of the candidate margin in place (None: the uncoupled
+    model; it is only logged) that answers the validation rows (the rows `split_rows`
     holds out of training, at most `calibration_rows` per group) under the coupling as it stands and
     returns the judged refusal rate of the safe ones (harmless and borderline) and of each group, and
     their mean next-token KL at t_post against the coupling as it was when the check was made (this
@@ -324,7 +326,7 @@ def validation_refusals(
 
     before = logprobs()  # the coupling before this slot's map is trained (it is the identity now)
 
-    def check() -> dict:
+    def check(margin: float | None) -> dict:
         rates = refusal_rates(
             model,
             Variant(hooks=coupling.hooks(model), name="coupling"),
@@ -333,11 +335,18 @@ def validation_refusals(
             max_new_tokens=config.calibration_tokens,
             batch_size=config.batch_size,
         )
-        return {
+        result = {
             "safe_refusal": pooled_rate(rates, rows, HARMLESS_LIKE),
             "refusal": rates,
             "safe_kl": float(kl_divergence(before, logprobs()).mean()),
         }
+        log.info(
+            "calibration, %s: validation safe refusal %.2f, KL %.3f",
+            "uncoupled" if margin is None else f"margin {margin:g}",
+            result["safe_refusal"],
+            result["safe_kl"],
+        )
+        return result
 
     return check
 
@@ -364,15 +373,15 @@ def train_slot(
     config: SubspaceConfig,
     out_dir: Path,
     progress: bool,
-    validate: Callable[[], dict] | None = None,
+    validate: Callable[[float | None], dict] | None = None,
 ) -> dict:
     """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
     read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
     2] (NaN past a response's end), the same prompts in the same order. Without a `margin`, one map per
-    candidate of `margin_grid` trains on the training rows, from the weakest up, and `validate()` (run with
-    each candidate in place; see `validation_refusals`) gives its validation safe refusal rate; the
-    calibration keeps the largest margin before the first whose rise over the uncoupled rate exceeds
-    `over_refusal_tolerance` (each candidate's checkpoint under `out_dir/calibration/`).
+    candidate of `margin_grid` that a bisection reaches trains on the training rows, and `validate(margin)`
+    (run with each candidate in place; see `validation_refusals`) gives its validation safe refusal rate
+    and KL; the calibration keeps the largest margin that meets the rule (`pick_margin`; each candidate's
+    checkpoint under `out_dir/calibration/`).
     Returns what the coupling's metadata records: the margin and the calibration behind it,
     separability, standardisation, example counts, the objective at init, trained and on the validation
     rows, and the training log."""
@@ -388,9 +397,10 @@ def train_slot(
     calibrating = config.margin is None
     if calibrating and validate is None:
         raise HarcError("calibrating the margin needs a validation check (validate=)")
-    plain = validate() if calibrating else None  # this slot's map is still the identity
+    plain = validate(None) if calibrating else None  # this slot's map is still the identity
     trials, candidates = [], []
-    for margin in sorted(config.margin_grid) if calibrating else (config.margin,):
+
+    def fit(margin: float) -> None:
         plane_map = copy.deepcopy(coupling.maps[k])  # the untrained map: every candidate starts alike
         where = out_dir / "calibration" / f"margin_{margin:g}" if calibrating else out_dir
         trial = _fit_map(
@@ -403,10 +413,17 @@ def train_slot(
             candidates.append(
                 _check_candidate(coupling.maps[k], plane_map, validate, plain, margin, trial, config)
             )
-            if not candidates[-1]["meets_rule"]:
-                break  # refusal of safe prompts rises with the margin: larger ones would fail too
+
     calibration = None
     if calibrating:
+        # Bisection over the sorted grid: safe refusal and KL rise with the margin, so the largest margin
+        # that meets the rule is found with log2(len(grid)) candidates instead of all of them.
+        grid = sorted(config.margin_grid)
+        meets, breaks = -1, len(grid)  # grid[meets] met the rule (-1: none yet); grid[breaks] broke it
+        while breaks - meets > 1:
+            mid = (meets + breaks) // 2
+            fit(grid[mid])
+            meets, breaks = (mid, breaks) if candidates[-1]["meets_rule"] else (meets, mid)
         margin, met = pick_margin(candidates)
         if not met:
             log.warning(
@@ -418,16 +435,17 @@ def train_slot(
                 config.kl_budget,
             )
         calibration = {
-            "rule": f"largest margin, tried from the weakest up, before the first whose validation harmless "
-            f"and borderline refusal rate rises by more than {config.over_refusal_tolerance:g} over the "
-            f"uncoupled model ({config.calibration_tokens} greedy tokens, phrase judge) or whose mean "
-            f"t_post KL on them exceeds {config.kl_budget:g}",
+            "rule": f"largest margin of the grid (found by bisection) whose validation harmless and "
+            f"borderline refusal rate rises by at most {config.over_refusal_tolerance:g} over the uncoupled "
+            f"model ({config.calibration_tokens} greedy tokens, phrase judge) and whose mean t_post KL on "
+            f"them stays within {config.kl_budget:g}",
             "met": met,
             "uncoupled": plain,
             "candidates": candidates,
         }
     else:
         margin = config.margin
+        fit(margin)
     _, plane_map, trial = next(t for t in trials if t[0] == margin)
     coupling.maps[k].load_state_dict(plane_map.state_dict())
     objective = trial.pop("fit")
@@ -482,7 +500,7 @@ def _check_candidate(live_map, plane_map, validate, plain: dict, margin: float, 
     untrained = copy.deepcopy(live_map.state_dict())
     live_map.load_state_dict(plane_map.state_dict())
     try:
-        check = validate()
+        check = validate(margin)
     finally:
         live_map.load_state_dict(untrained)
     rise = check["safe_refusal"] - plain["safe_refusal"]
@@ -511,11 +529,8 @@ def attacked_readouts(trial: dict) -> dict:
 
 
 def pick_margin(candidates: list[dict]) -> tuple[float, bool]:
-    """(margin, whether it met the rule) from calibration rows in the order tried (weakest first): the
-    last margin of the leading run that meets the rule; the first margin, unmet, when it already fails."""
-    chosen = None
-    for c in candidates:
-        if not c["meets_rule"]:
-            break
-        chosen = c["margin"]
-    return (chosen, True) if chosen is not None else (candidates[0]["margin"], False)
+    """(margin, whether it met the rule) from calibration rows in any order: the largest margin that met
+    the rule below the smallest that broke it; the smallest margin tried, unmet, when none met it."""
+    broke = min((c["margin"] for c in candidates if not c["meets_rule"]), default=float("inf"))
+    met = [c["margin"] for c in candidates if c["meets_rule"] and c["margin"] < broke]
+    return (max(met), True) if met else (min(c["margin"] for c in candidates), False)

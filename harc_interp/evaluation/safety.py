@@ -70,6 +70,9 @@ class EvalConfig:
     max_new_tokens: int = 64
     batch_size: int = 16
     samples: int = 0  # sampled answers per borderline and harmless prompt (0: greedy only)
+    # White-box suppression also at every layer, the residual stream included: the limit no in-plane
+    # defence can undo (1.0 for every method so far), so a report about one defence may skip it.
+    white_box_limits: bool = True
     seed: int = 0  # for the samples
     system_prompt: str | None = None
 
@@ -188,7 +191,7 @@ def evaluate_safety(
     slot = None
     if directions is not None:
         slot = attack_slot if attack_slot is not None else directions.selected_layer
-        outcomes |= white_box_outcomes(model, directions, slot, harmful, judged)
+        outcomes |= white_box_outcomes(model, directions, slot, harmful, judged, config.white_box_limits)
     phrase = _asr_rows(jailbreaks, {k: v[0] for k, v in outcomes.items()}, slot)
     if harm_judge is None:
         result |= phrase
@@ -220,17 +223,19 @@ def attack_success(jailbreaks: PromptSet, succeeded: Sequence[bool]) -> dict:
     return {"asr_by_class": asr, "mean_asr": sum(asr.values()) / len(asr)}
 
 
-def white_box_outcomes(model: HarcModel, directions, slot: int, harmful: PromptSet, judged: _Judged) -> dict:
+def white_box_outcomes(
+    model: HarcModel, directions, slot: int, harmful: PromptSet, judged: _Judged, limits: bool = True
+) -> dict:
     """Attack outcomes (`_Judged.successes`) on plain harmful prompts with v_ref or v_harm (read at
-    `slot`) ablated upstream of `slot`, and at every layer including the residual stream, by attack name
-    (`v_ref_ablated_upstream`, ...)."""
+    `slot`) ablated upstream of `slot`, and with `limits` at every layer including the residual stream, by
+    attack name (`v_ref_ablated_upstream`, ...)."""
     outcomes = {}
     for name in ("v_ref", "v_harm"):
         unit = directions.unit(name, slot)
-        for attack, hooks in (
-            ("ablated_upstream", ablation_hooks(model, unit, range(slot))),
-            ("ablated_every_layer", ablation_hooks(model, unit, residual=True)),
-        ):
+        attacks = [("ablated_upstream", ablation_hooks(model, unit, range(slot)))]
+        if limits:
+            attacks.append(("ablated_every_layer", ablation_hooks(model, unit, residual=True)))
+        for attack, hooks in attacks:
             key = f"{name}_{attack}"
             outcomes[key] = judged.successes(harmful, f"harmful_{key}", hooks)
     return outcomes

@@ -45,9 +45,10 @@ def run_main(
     coupling_config: SubspaceConfig | None = None,
     progress: bool = True,
 ) -> dict:
-    """The main job: directions (with probes, selection and causal checks) from the harmful and
-    harmless prompts (default: the built-in starter sets), the plane with plain, borderline and attack
-    prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`; its
+    """The main job: directions (with probes, selection and causal checks) from the training half of
+    the harmful and harmless prompts (default: the built-in starter sets; `safety_splits` keeps the other
+    half for the coupling's evaluation, which no stage reads before it), the plane with plain, borderline
+    and attack prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`; its
     settings `coupling_config`, default `SubspaceConfig` with `batch_size`; with `harm_judge`, its attack
     success is judged harmful compliance),
     `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
@@ -57,14 +58,16 @@ def run_main(
     m = load_model(model, dtype=dtype, device=device, progress=progress) if isinstance(model, str) else model
     harmful = harmful if harmful is not None else starter_prompts("harmful")
     harmless = harmless if harmless is not None else starter_prompts("harmless")
-    config = directions_config or DirectionsConfig(n_train=28, n_val=8, n_test=12, batch_size=batch_size)
+    sets = (harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks"))
+    train, held_out = safety_splits(*sets, max_per_class=8)
+    config = directions_config or main_directions_config(batch_size)
     timings = {"load": time.perf_counter() - start}
 
     t = time.perf_counter()
     d = extract_directions(
         m,
-        harmful,
-        harmless,
+        train["harmful"],
+        train["harmless"],
         out_dir / "directions",
         config,
         judge=judge,
@@ -89,10 +92,17 @@ def run_main(
     coupled = None
     if coupling:
         t = time.perf_counter()
-        sets = (harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks"))
         config = coupling_config or SubspaceConfig(batch_size=batch_size)
         coupled = run_coupling(
-            m, d, *sets, out_dir, judge=judge, harm_judge=harm_judge, config=config, progress=progress
+            m,
+            d,
+            train,
+            held_out,
+            out_dir,
+            judge=judge,
+            harm_judge=harm_judge,
+            config=config,
+            progress=progress,
         )
         timings["coupling"] = time.perf_counter() - t
     summary = main_summary(m, d, plane, out_dir, timings)
@@ -108,13 +118,17 @@ def run_main(
     return summary
 
 
+def main_directions_config(batch_size: int = 16) -> DirectionsConfig:
+    """The main job's directions settings, sized for the training half of the 48 starter prompts per
+    class: 16 train, 4 for selection, 4 for probes and causal checks."""
+    return DirectionsConfig(n_train=16, n_val=4, n_test=4, batch_size=batch_size)
+
+
 def run_coupling(
     model: HarcModel,
     d: Directions,
-    harmful: PromptSet,
-    harmless: PromptSet,
-    borderline: PromptSet,
-    attacks: PromptSet,
+    train: dict[str, PromptSet],
+    held_out: dict[str, PromptSet],
     out_dir: Path,
     *,
     judge: Judge = DEFAULT_JUDGE,
@@ -124,16 +138,17 @@ def run_coupling(
     progress: bool = True,
 ) -> dict:
     """The fourth claim: the confined coupling with its defaults only (slots by relative depth, margin
-    calibrated on validation rows of the training split), trained in `out_dir/coupling`; the plain and
-    the coupled model evaluated on the held-out split (`out_dir/eval/{base,coupled}.json`, every judged
+    calibrated on validation rows of the `train` split), trained in `out_dir/coupling`; the plain and
+    the coupled model evaluated on the `held_out` split (`out_dir/eval/{base,coupled}.json`, every judged
     response beside them), and `harc verify`'s check at prompt and response tokens
     (`out_dir/verify.json`). Each step is cached, so a rerun resumes. Returns the report's numbers."""
-    train, held_out = safety_splits(harmful, harmless, borderline, attacks, max_per_class=8)
     config = config or SubspaceConfig()
     trained = train_subspace(model, d, train, out_dir / "coupling", config, progress=progress)
     slot, weights = trained.slots[0], trained.weights_digest()
     batch_size = config.batch_size
-    eval_config = EvalConfig(batch_size=batch_size, samples=samples)
+    # The every-layer white-box limits are skipped: no in-plane defence can undo them, and the report
+    # does not show them (48 answers fewer per side).
+    eval_config = EvalConfig(batch_size=batch_size, samples=samples, white_box_limits=False)
     key = {"fingerprint": model.fingerprint, "eval": held_out_ids(held_out), "config": asdict(eval_config)}
     judged_by = (
         {"harm_judge": harm_judge.name} if harm_judge else {}
@@ -155,7 +170,11 @@ def run_coupling(
                     responses_path=out_dir / "eval" / f"responses_{side}.json",
                     progress=progress,
                 ),
-                key=key | {"side": side, "coupling": weights} | judged_by,
+                # the base side depends on the coupling only through the white-box attacks' slot
+                key=key
+                | {"side": side}
+                | ({"coupling": weights} if side == "coupled" else {"slot": slot})
+                | judged_by,
             )
             for side, variant in (("base", base), ("coupled", tuned))
         }
