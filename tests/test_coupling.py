@@ -675,7 +675,7 @@ def test_calibration_takes_the_largest_margin_when_safe_prompts_can_stay_put(tin
     cal = stage["calibration"]
     # Bisection over the seven default candidates: 3 meets the rule, then 6, then 8 (the largest).
     assert [c["margin"] for c in cal["candidates"]] == [3.0, 6.0, 8.0]
-    assert cal["met"] and stage["margin"] == 8.0
+    assert cal["met"] and stage["margin"] == 8.0 and cal["grid_exhausted"]
     assert cal["uncoupled"]["safe_refusal"] == 0.0 and all(c["safe_rise"] == 0.0 for c in cal["candidates"])
     assert [m for m, _ in checks] == [None, 3.0, 6.0, 8.0]  # the uncoupled model, then each candidate
     assert not (tmp_path / "calibration" / "margin_1").exists()  # never trained
@@ -699,7 +699,7 @@ def test_calibration_stops_at_the_first_margin_over_the_kl_budget(tiny_direction
         tiny_directions, coords, tmp_path, kls=kls, margin_grid=(1.0, 1.5, 2.0, 3.0)
     )
     cal = stage["calibration"]
-    assert stage["margin"] == 1.5 and cal["met"] and len(checks) == 3
+    assert stage["margin"] == 1.5 and cal["met"] and not cal["grid_exhausted"] and len(checks) == 3
     assert [(c["margin"], c["meets_rule"], c["safe_kl"]) for c in cal["candidates"]] == [
         (1.5, True, 0.08),
         (2.0, False, 0.3),

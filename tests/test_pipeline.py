@@ -67,7 +67,14 @@ def test_main_job_writes_summary_and_report(tiny, tmp_path):
     def goals(ids):
         return {i.split("::")[-1] for i in ids}
 
-    evaluated_ids = json.loads((tmp_path / "eval" / "base.json").read_text())["key"]["eval"]
+    base_eval = json.loads((tmp_path / "eval" / "base.json").read_text())
+    evaluated_ids = base_eval["key"]["eval"]
+    # The main job skips the every-layer white-box limits, which its report does not show.
+    assert set(base_eval["result"]["white_box_asr"]) == {
+        "v_ref_ablated_upstream",
+        "v_harm_ablated_upstream",
+        "attack_slot",
+    }
     held_out = goals(i for ids in evaluated_ids.values() for i in ids)
     directions = json.loads((tmp_path / "directions" / "directions.json").read_text())["splits"]
     coordinates = json.loads((tmp_path / "coupling" / "work" / "coordinates.json").read_text())["ids"]

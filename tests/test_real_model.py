@@ -1,4 +1,5 @@
-"""The proof on the real offline model (Qwen2.5-Coder-0.5B-Instruct, from its PyPI chunk packages)."""
+"""The proof on the real offline models (Qwen2.5-Coder-0.5B-Instruct, and the 1.5B where it is installed,
+from their PyPI chunk packages)."""
 
 from __future__ import annotations
 
@@ -36,11 +37,11 @@ def hf_residuals(model, ids):
     return [h[0] for h in hs[:-1]] + [seen["x"][0]]
 
 
-def test_positions_on_the_real_template(real):
-    fmt = formatter_for(real)
+def test_positions_on_the_real_template(offline):
+    fmt = formatter_for(offline)
     for text in PROMPTS:
         chat = fmt.format(text)
-        tok = real.tokenizer
+        tok = offline.tokenizer
         assert tok.decode(list(chat.input_ids[chat.t_inst + 1 :])) == "<|im_end|>\n<|im_start|>assistant\n"
         assert tok.decode(list(chat.input_ids[: chat.t_inst + 1])).endswith(text)
         assert chat.text.startswith(
@@ -52,38 +53,38 @@ def test_positions_on_the_real_template(real):
         assert list(chat.input_ids) == list(ids)
 
 
-def test_cache_equals_hf_hidden_states_and_is_batch_invariant(real):
+def test_cache_equals_hf_hidden_states_and_is_batch_invariant(offline):
     cfg = CacheConfig(positions=("t_inst", "t_post", "post_instruction"), batch_size=len(PROMPTS))
-    acts = cache_residuals(real, PROMPTS, config=cfg, progress=False)
+    acts = cache_residuals(offline, PROMPTS, config=cfg, progress=False)
     single = cache_residuals(
-        real, PROMPTS, config=CacheConfig(positions=cfg.positions, batch_size=1), progress=False
+        offline, PROMPTS, config=CacheConfig(positions=cfg.positions, batch_size=1), progress=False
     )
     assert (acts.resid - single.resid).abs().max() <= 1e-4
-    fmt = formatter_for(real)
-    L = real.n_layers
+    fmt = formatter_for(offline)
+    L = offline.n_layers
     worst = 0.0
     for i, text in enumerate(PROMPTS):
         chat = fmt.format(text)
-        hs = hf_residuals(real, chat.input_ids)
+        hs = hf_residuals(offline, chat.input_ids)
         idx = [chat.t_inst, chat.t_post, *chat.post_instruction]
         for slot in range(L + 1):
             worst = max(worst, float((acts.resid[i, slot] - hs[slot][idx]).abs().max()))
     assert worst <= 1e-4, worst
 
 
-def test_generation_matches_hf_and_the_model_refuses(real):
+def test_generation_matches_hf_and_the_model_refuses(offline):
     n = 24
-    ours = generate(real, PROMPTS[:4], max_new_tokens=n, batch_size=4, progress=False)
-    fmt = formatter_for(real)
-    stops = stop_ids(real)
+    ours = generate(offline, PROMPTS[:4], max_new_tokens=n, batch_size=4, progress=False)
+    fmt = formatter_for(offline)
+    stops = stop_ids(offline)
     for g, text in zip(ours, PROMPTS[:4], strict=True):
         chat = fmt.format(text)
-        out = real.hf.generate(
+        out = offline.hf.generate(
             input_ids=torch.tensor([chat.input_ids]),
             max_new_tokens=n,
             do_sample=False,
             eos_token_id=stops,
-            pad_token_id=real.tokenizer.pad_token_id,
+            pad_token_id=offline.tokenizer.pad_token_id,
         )[0, chat.n_prompt :].tolist()
         cut = next((i for i, t in enumerate(out) if t in stops), len(out))
         assert list(g.response_ids) == out[:cut]
@@ -91,20 +92,20 @@ def test_generation_matches_hf_and_the_model_refuses(real):
     assert refusals[:2] == [True, True] and refusals[2:] == [False, False]
 
 
-def test_bridge_generate_matches_hf_on_the_real_model(real):
+def test_bridge_generate_matches_hf_on_the_real_model(offline):
     """Guards the transformers pin: TL 4.3 + transformers 5.24 loses the KV cache in generate."""
-    chats = formatter_for(real).format_many(PROMPTS[:4])
-    batch = left_pad(chats, real.tokenizer.pad_token_id, with_response=False)
+    chats = formatter_for(offline).format_many(PROMPTS[:4])
+    batch = left_pad(chats, offline.tokenizer.pad_token_id, with_response=False)
     n = 16
-    hf_out = real.hf.generate(
+    hf_out = offline.hf.generate(
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         max_new_tokens=n,
         do_sample=False,
-        eos_token_id=stop_ids(real),
-        pad_token_id=real.tokenizer.pad_token_id,
+        eos_token_id=stop_ids(offline),
+        pad_token_id=offline.tokenizer.pad_token_id,
     )
-    tl_out = real.bridge.generate(
+    tl_out = offline.bridge.generate(
         batch.input_ids,
         attention_mask=batch.attention_mask,
         max_new_tokens=n,
@@ -114,7 +115,7 @@ def test_bridge_generate_matches_hf_on_the_real_model(real):
         stop_at_eos=False,
     )
     width = batch.input_ids.shape[1]
-    stops = set(stop_ids(real))
+    stops = set(stop_ids(offline))
     for h, t in zip(hf_out[:, width:].tolist(), tl_out[:, width:].tolist(), strict=True):
         cut = next((i for i, x in enumerate(h) if x in stops), n)
         assert t[:cut] == h[:cut]

@@ -425,6 +425,13 @@ def train_slot(
             fit(grid[mid])
             meets, breaks = (mid, breaks) if candidates[-1]["meets_rule"] else (meets, mid)
         margin, met = pick_margin(candidates)
+        if met and margin == grid[-1]:
+            log.warning(
+                "slot %d: the largest margin of the grid (%g) met the rule; a larger one might too "
+                "(extend --set subspace.margin_grid=...)",
+                slot,
+                margin,
+            )
         if not met:
             log.warning(
                 "slot %d: even margin %g raised the validation safe prompts' refusal by more than %g or their "
@@ -440,6 +447,7 @@ def train_slot(
             f"model ({config.calibration_tokens} greedy tokens, phrase judge) and whose mean t_post KL on "
             f"them stays within {config.kl_budget:g}",
             "met": met,
+            "grid_exhausted": met and margin == grid[-1],
             "uncoupled": plain,
             "candidates": candidates,
         }
