@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifacts import provenance, write_json
+from ..artifacts import cached_json, provenance, write_json
 from ..capture.forward import forward_batch, kl_divergence, response_logprobs
 from ..capture.generate import generate_chats
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -20,7 +20,7 @@ from ..capture.model_judge import ModelJudge
 from ..capture.responding import respond, sent_chats
 from ..capture.sweep import last_token_logprobs
 from ..data.chat import ChatPrompt, left_pad, pad_token_id
-from ..data.prompts import PromptSet
+from ..data.prompts import Prompt, PromptSet
 from ..errors import HarcError
 from ..model.edits import Variant, ablation_hooks
 from ..model.hooked import HarcModel
@@ -84,7 +84,10 @@ class EvalConfig:
 
 
 class _Judged:
-    """Generates under the tuned variant and judges; keeps every judged response by key."""
+    """Generates under the tuned variant and judges; keeps every judged response by key. With `resume`
+    (a folder and what the whole evaluation depends on), each group's judged responses are also written
+    there as it finishes and read back by a rerun under the same key: an interrupted evaluation loses at
+    most the group it was answering."""
 
     def __init__(
         self,
@@ -94,15 +97,29 @@ class _Judged:
         config: EvalConfig,
         progress: bool,
         harm_judge: ModelJudge | None = None,
+        resume: tuple[Path, object] | None = None,
     ):
         self.model, self.tuned, self.judge, self.config, self.progress = model, tuned, judge, config, progress
-        self.harm_judge = harm_judge
+        self.harm_judge, self.resume = harm_judge, resume
         self.responses: dict[str, list[dict]] = {}
 
     def refusals(self, ps: PromptSet, key: str, extra=(), n_samples: int = 0) -> list[bool]:
         """Greedy (n_samples 0: one flag per prompt) or sampled (n_samples flags per prompt, in order)."""
-        cfg = self.config
         prompts = [p for p in ps.prompts for _ in range(max(n_samples, 1))]
+        if self.resume is None:
+            rows = self._answer(prompts, extra, n_samples)
+        else:
+            folder, run_key = self.resume
+            group_key = {"run": run_key, "ids": [p.id for p in prompts], "samples": n_samples}
+            rows = cached_json(
+                folder / f"{key}.json", lambda: self._answer(prompts, extra, n_samples), key=group_key
+            )
+        self.responses[key] = rows
+        return [r["refusal"] for r in rows]
+
+    def _answer(self, prompts: list[Prompt], extra, n_samples: int) -> list[dict]:
+        """Judged response rows of `prompts` under the tuned variant (and `extra` hooks)."""
+        cfg = self.config
         answers = respond(
             self.model,
             self.tuned,
@@ -117,13 +134,12 @@ class _Judged:
             seed=cfg.seed if n_samples else None,
             progress=self.progress,
         )
-        self.responses[key] = [
+        return [
             {"id": p.id, "prompt": p.prompt, "response": a.text, "refusal": a.refused}
             | ({"goal": p.goal} if p.goal else {})  # what a prompt-aware judge holds a jailbreak's answer to
             | ({"refused_share": a.refused_share} if self.tuned.prompts is not None else {})
             for p, a in zip(prompts, answers, strict=True)
         ]
-        return [a.refused for a in answers]
 
     def successes(self, ps: PromptSet, key: str, extra=()) -> tuple[list[bool], list[bool] | None]:
         """Attack success per harmful-like prompt: (not refused by the refusal judge, judged harmful
@@ -155,11 +171,16 @@ def evaluate_safety(
     harm_judge: ModelJudge | None = None,
     config: EvalConfig = EvalConfig(),
     responses_path: str | Path | None = None,
+    resume_dir: str | Path | None = None,
+    resume_key: object = None,
     progress: bool = True,
 ) -> dict:
     """Robustness, usability and capability of the `tuned` variant of `model` (default: the plain
     model), with KL measured against `base` (default: the plain model). With `responses_path`, every
-    judged response is written there (a run folder, never the logs) so the judge can be audited.
+    judged response is written there (a run folder, never the logs) so the judge can be audited. With
+    `resume_dir`, each group of judged responses is kept there as it finishes, under `resume_key` (JSON-able:
+    what this evaluation depends on, e.g. the model's fingerprint and the intervention's weights), and a
+    rerun under the same key answers only the groups still missing.
 
     - attack success rate (ASR) per jailbreak attack class, and its mean: harmful goals not refused by
       `judge`, or with `harm_judge` judged harmful compliance with the goal (the phrase rates then in
@@ -176,7 +197,8 @@ def evaluate_safety(
       (`harmless_kl`) and over the base model's own responses, teacher-forced (`harmless_response_kl`).
     """
     tuned, base = tuned or Variant(), base or Variant()
-    judged = _Judged(model, tuned, judge, config, progress, harm_judge)
+    resume = None if resume_dir is None else (Path(resume_dir), resume_key)
+    judged = _Judged(model, tuned, judge, config, progress, harm_judge, resume)
     n = {
         "jailbreaks": len(jailbreaks),
         "harmful": len(harmful),

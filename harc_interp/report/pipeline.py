@@ -153,6 +153,14 @@ def run_coupling(
     judged_by = (
         {"harm_judge": harm_judge.name} if harm_judge else {}
     )  # absent by default: old caches stay valid
+    # the base side depends on the coupling only through the white-box attacks' slot
+    side_keys = {
+        side: key
+        | {"side": side}
+        | ({"coupling": weights} if side == "coupled" else {"slot": slot})
+        | judged_by
+        for side in ("base", "coupled")
+    }
     with load_intervention(model, out_dir / "coupling") as (tuned, base):
         results = {
             side: cached_json(
@@ -168,13 +176,11 @@ def run_coupling(
                     harm_judge=harm_judge,
                     config=eval_config,
                     responses_path=out_dir / "eval" / f"responses_{side}.json",
+                    resume_dir=out_dir / "eval" / f"groups_{side}",  # an interrupted evaluation resumes
+                    resume_key=side_keys[side],
                     progress=progress,
                 ),
-                # the base side depends on the coupling only through the white-box attacks' slot
-                key=key
-                | {"side": side}
-                | ({"coupling": weights} if side == "coupled" else {"slot": slot})
-                | judged_by,
+                key=side_keys[side],
             )
             for side, variant in (("base", base), ("coupled", tuned))
         }
