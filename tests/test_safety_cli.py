@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from harc_interp import starter_prompts
 from harc_interp.cli import main
 from harc_interp.data.prompts import safety_splits
@@ -111,6 +113,15 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, 
     summary = (tmp_path / "eval" / "eval.json").read_text()
     texts = [r["response"] for rows in responses.values() for r in rows if len(r["response"]) >= 8]
     assert texts and not any(t in summary for t in texts)
+    # A rerun of the same evaluation reads every finished group back from eval/groups: nothing is answered.
+    import harc_interp.evaluation.safety as safety_mod
+
+    answer = safety_mod.respond
+    monkeypatch.setattr(safety_mod, "respond", lambda *a, **k: pytest.fail("answered again"))
+    again = ["eval", *common, "--intervention", str(tmp_path / "coupling"), "--max-new-tokens", "3"]
+    assert main([*again, "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["mean_asr"] == result["mean_asr"]
+    monkeypatch.setattr(safety_mod, "respond", answer)
 
     # The in-plane push bound: the plain model with c · v_ref added where a coupling would edit.
     push = [*common, "--max-new-tokens", "2", "--push-ref", "2"]

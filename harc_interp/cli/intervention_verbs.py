@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 from pathlib import Path
 
 from ..baselines.training import TrainingBaselineConfig
@@ -421,6 +422,16 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     }
 
 
+def weights_digest(folder: str | Path) -> str:
+    """sha256 over the weight files at the top of an artifact folder and in its `adapter/` (a coupling's
+    maps, a LoRA adapter, directions): what an evaluation of it depends on."""
+    folder, digest = Path(folder), hashlib.sha256()
+    for f in sorted([*folder.glob("*"), *folder.glob("adapter/*")]):
+        if f.suffix in (".safetensors", ".bin") and f.is_file():
+            digest.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return digest.hexdigest()
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     """`harc eval`: safety evaluation of the plain model, an intervention or a fixed v_ref push on the
     evaluation split."""
@@ -451,6 +462,17 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         harm_judge=harm_judge,
         config=config,
         responses_path=Path(args.out) / "responses.json",
+        # An interrupted evaluation resumes from the groups it finished, if nothing it depends on changed.
+        resume_dir=Path(args.out) / "groups",
+        resume_key={
+            "fingerprint": model.fingerprint,
+            "config": dataclasses.asdict(config),
+            "judges": [repr(judge), harm_judge.name if harm_judge else None],
+            "weights": [weights_digest(p) for p in (args.directions, args.intervention) if p],
+            "push_ref": args.push_ref,
+            "attack_slot": args.attack_slot,
+            "ids": {k: list(v.ids) for k, v in ev.items()},
+        },
         progress=not args.quiet,
     )
     if args.push_ref is not None:
