@@ -76,6 +76,11 @@ def test_bad_inputs_are_named():
         fmt.format("   ")
     with pytest.raises(HarcError, match="longer than the model's context of 40"):
         fmt.format("word " * 100)
+    # A prompt that fits alone but leaves no room for the answer a verb generates is too long for it.
+    roomy = ChatFormatter(tok, max_length=100)
+    n = len(roomy.format("Hi").input_ids)
+    assert roomy.too_long(["Hi", "word " * 100]) == [1]
+    assert roomy.too_long(["Hi"], reserve=100 - n) == [] and roomy.too_long(["Hi"], reserve=101 - n) == [0]
     from transformers import PreTrainedTokenizerFast
 
     bare = PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer)

@@ -332,20 +332,21 @@ def attach_model(args, directions):
     return model
 
 
-def within_context(model, args, ps):
-    """`ps` without prompts longer than the model's context: named in an error, or with --skip-long
-    dropped with a count."""
+def within_context(model, args, ps, reserve: int = 0):
+    """`ps` without prompts longer than the model's context (less `reserve` tokens for the answers a
+    verb generates or teacher-forces): named in an error, or with --skip-long dropped with a count."""
     from ..data.chat import formatter_for
     from ..data.prompts import PromptSet
 
-    long = formatter_for(model, args.system_prompt).too_long(ps.texts)
+    long = formatter_for(model, args.system_prompt).too_long(ps.texts, reserve)
     if not long:
         return ps
     ids = [ps.prompts[i].id for i in long]
     if not getattr(args, "skip_long", False):
+        room = f" less {reserve} for the answer" if reserve else ""
         raise HarcError(
-            f"{len(ids)} prompt(s) are longer than the model's context of {model.context_length} tokens, "
-            f"e.g. '{ids[0]}': shorten them or pass --skip-long"
+            f"{len(ids)} prompt(s) are longer than the model's context of {model.context_length} tokens"
+            f"{room}, e.g. '{ids[0]}': shorten them or pass --skip-long"
         )
     log.warning("skipped %d prompt(s) longer than the context (e.g. %s)", len(ids), ids[0])
     keep = set(range(len(ps))) - set(long)

@@ -396,7 +396,7 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     judge, harm_judge = judges(args, out)
     model = attach_model(args, d)
-    ev = {k: within_context(model, args, v) for k, v in ev.items()}
+    ev = {k: within_context(model, args, v, reserve=config.eval.max_new_tokens) for k, v in ev.items()}
     with activation_checkpointing(model, args.activation_checkpointing):
         result = compare_methods(
             model,
@@ -451,7 +451,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     _, ev = safety_sets(args, d)
     judge, harm_judge = judges(args, Path(args.out))
     model = attach_model(args, d)
-    ev = {k: within_context(model, args, v) for k, v in ev.items()}
+    ev = {k: within_context(model, args, v, reserve=config.max_new_tokens) for k, v in ev.items()}
     kwargs = dict(
         jailbreaks=ev["jailbreaks"],
         harmful=ev["harmful"],

@@ -170,13 +170,14 @@ class ChatFormatter:
                 raise HarcError(f"{row}: {e}") from None
         return out
 
-    def too_long(self, instructions: Sequence[str]) -> list[int]:
-        """Indices of the instructions whose prompt alone exceeds the context (none without a limit)."""
+    def too_long(self, instructions: Sequence[str], reserve: int = 0) -> list[int]:
+        """Indices of the instructions whose prompt, with `reserve` tokens left for an answer, exceeds the
+        context (none without a limit)."""
         if self.max_length is None:
             return []
         texts = [self.render(t) for t in instructions]
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        return [i for i, n in enumerate(lengths) if n > self.max_length]
+        return [i for i, n in enumerate(lengths) if n + reserve > self.max_length]
 
 
 def formatter_for(model, system_prompt: str | None = None) -> ChatFormatter:
