@@ -16,8 +16,10 @@ COMMON=(--model "$MODEL" "$@")
 cd "$(dirname "$0")/.."
 HARC=${HARC:-.venv/bin/harc}
 DATA=${DATA:-../shared/data}
+# Held out: 32 prompts per plain set (--max-eval) and up to 16 per attack class, 4 sampled answers per safe
+# prompt; the held-out half of the dev files in full would be thousands of answers per side on a CPU.
 SETS=(--harmful "$DATA/harmful_dev.jsonl" --harmless "$DATA/harmless_dev.jsonl"
-      --borderline "$DATA/over_refusal_dev.jsonl" --jailbreaks "$DATA/jailbreaks_dev.jsonl" --heldout)
+      --borderline "$DATA/over_refusal_dev.jsonl" --jailbreaks "$DATA/jailbreaks_dev.jsonl" --heldout --max-eval 32)
 step() {  # step NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists, and time it
   local name=$1 done=$2; shift 2
   if [ -e "$done" ]; then echo "== $name: done ($done)"; return; fi
@@ -33,9 +35,9 @@ step coupling "$OUT/coupling/coupling.json" \
 SLOT=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['slots'][0])" "$OUT/coupling/coupling.json")
 step "eval (coupled)" "$OUT/eval/eval.json" \
   "$HARC" eval "${COMMON[@]}" --directions "$OUT/directions" --intervention "$OUT/coupling" "${SETS[@]}" \
-  --samples 8 --out "$OUT/eval"
+  --samples 4 --out "$OUT/eval"
 step "eval (base)" "$OUT/eval_base/eval.json" \
   "$HARC" eval "${COMMON[@]}" --directions "$OUT/directions" --attack-slot "$SLOT" "${SETS[@]}" \
-  --samples 8 --out "$OUT/eval_base"
+  --samples 4 --out "$OUT/eval_base"
 step verify "$OUT/verify/verify.json" \
   "$HARC" verify "${COMMON[@]}" --directions "$OUT/directions" --intervention "$OUT/coupling" --out "$OUT/verify"

@@ -35,6 +35,17 @@ def test_safety_splits_share_no_goal():
         seed=0,
     )
     assert again[1]["jailbreaks"].ids == ev["jailbreaks"].ids
+    # max_eval caps the held-out plain sets (the attacks then use the capped goals); training is unchanged.
+    sets = [starter_prompts(k) for k in ("harmful", "harmless", "borderline", "attacks")]
+    capped_train, capped = safety_splits(*sets, max_per_class=6, seed=0, max_eval=5)
+    assert {k: len(v) for k, v in capped.items() if k != "jailbreaks"} == {
+        "harmful": 5,
+        "harmless": 5,
+        "borderline": 5,
+    }
+    assert set(capped["harmful"].ids) <= set(ev["harmful"].ids)
+    assert {p.goal for p in capped["jailbreaks"]} <= set(capped["harmful"].texts)
+    assert {k: v.ids for k, v in capped_train.items()} == {k: v.ids for k, v in train.items()}
 
 
 def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, monkeypatch):

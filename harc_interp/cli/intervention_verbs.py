@@ -79,6 +79,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         help=f"share held out for evaluation (default {SplitConfig.eval_fraction})",
     )
     p.add_argument("--max-per-class", type=int, default=None, help=f"default {SplitConfig.max_per_class}")
+    p.add_argument(
+        "--max-eval",
+        type=int,
+        default=None,
+        help="cap on each held-out plain set (harmful, harmless, borderline; default: all of them)",
+    )
     heldout_args(p)
 
 
@@ -256,7 +262,12 @@ def safety_sets(args, directions):
         SplitConfig,
         "splits",
         args,
-        {"eval_fraction": args.eval_fraction, "max_per_class": args.max_per_class, "seed": args.seed},
+        {
+            "eval_fraction": args.eval_fraction,
+            "max_per_class": args.max_per_class,
+            "max_eval": args.max_eval,
+            "seed": args.seed,
+        },
     )
     drop = directions.training_ids() if args.heldout else set()
 

@@ -343,12 +343,17 @@ class SplitConfig:
     max_per_class: int = 16  # cap on each attack class, both sides
     templates_per_class: int = 2  # attack templates per class, filled with each side's own goals
     seed: int = 0
+    # Cap on each held-out plain set (harmful, harmless, borderline; None: all of them): a large prompt
+    # file's held-out half is thousands of answers per evaluation on a CPU. Training rows are not capped.
+    max_eval: int | None = None
 
     def __post_init__(self):
         if not 0 < self.eval_fraction < 1:
             raise HarcError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
         if self.max_per_class < 1 or self.templates_per_class < 1:
             raise HarcError("max_per_class and templates_per_class must be at least 1")
+        if self.max_eval is not None and self.max_eval < 1:
+            raise HarcError(f"max_eval must be at least 1 (or None: no cap), got {self.max_eval}")
 
 
 def safety_splits(
@@ -361,12 +366,14 @@ def safety_splits(
     max_per_class: int = 16,
     templates_per_class: int = 2,
     seed: int = 0,
+    max_eval: int | None = None,
 ) -> tuple[dict[str, PromptSet], dict[str, PromptSet]]:
     """Deterministic (train, eval) prompt sets for training and judging a safety intervention.
 
-    Plain sets are split by `eval_fraction`. Attack templates (up to `templates_per_class` per class)
-    are filled with training goals for training and with held-out goals for evaluation, so no goal is
-    shared; full jailbreak prompts are split per class. Every class is capped at `max_per_class`.
+    Plain sets are split by `eval_fraction`, and their held-out sides capped at `max_eval` prompts (None:
+    all; the attacks' held-out goals are then the capped harmful prompts). Attack templates (up to `templates_per_class` per class) are filled with training goals for
+    training and with held-out goals for evaluation, so no goal is shared; full jailbreak prompts are
+    split per class. Every class is capped at `max_per_class`.
     """
     h_tr, h_ev = harmful.split(eval_fraction, seed)
     b_tr, b_ev = harmless.split(eval_fraction, seed)
@@ -400,6 +407,8 @@ def safety_splits(
         "borderline": o_tr,
         "jailbreak": attacks(h_tr, full_tr.prompts),
     }
+    if max_eval is not None:  # the attacks' held-out goals are then the capped harmful set's
+        h_ev, b_ev, o_ev = (ps.sample(max_eval, seed) for ps in (h_ev, b_ev, o_ev))
     evaluation = {
         "harmful": h_ev,
         "harmless": b_ev,
