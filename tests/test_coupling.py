@@ -742,6 +742,14 @@ def test_pick_margin_keeps_the_last_margin_before_the_rule_breaks():
     bisected = [{"margin": m, "meets_rule": ok} for m, ok in ((3.0, True), (6.0, False), (4.0, True))]
     assert pick_margin(bisected) == (4.0, True)  # the order tried does not matter
     assert pick_margin([{"margin": m, "meets_rule": False} for m in (3.0, 1.5, 1.0)]) == (1.0, False)
+    # Of the margins that keep safe prompts, the one that refuses the validation jailbreaks most (the 1.5B
+    # model's calibration: 0.94 at 3, 0.28 at 6 and 8); ties go to the larger margin.
+    refused = {3.0: 0.94, 6.0: 0.28, 8.0: 0.28}
+    rows = [{"margin": m, "meets_rule": True, "refusal": {"jailbreak": r}} for m, r in refused.items()]
+    assert pick_margin(rows) == (3.0, True)
+    rows[0]["refusal"]["jailbreak"] = 0.28
+    assert pick_margin(rows) == (8.0, True)
+    assert pick_margin([*rows, {"margin": 6.5, "meets_rule": False}]) == (6.0, True)  # below the break
 
 
 def test_calibration_needs_a_validation_check(tiny_directions, tmp_path):

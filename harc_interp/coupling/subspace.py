@@ -84,11 +84,12 @@ class SubspaceConfig:
     hidden: int = 32
     # Where harmful-like prompts must reach (1 = the plain-harmful mean). None: calibrated per slot on the
     # validation rows by what a user sees: candidates of `margin_grid`, each answering the validation
-    # prompts (greedy, `calibration_tokens`, the phrase judge), are searched by bisection for the largest
-    # whose harmless and borderline refusal rate rises by at most `over_refusal_tolerance` over the
-    # uncoupled model and whose next-token KL on those validation prompts stays within `kl_budget` (the
-    # smallest, with a warning, if even it breaks the rule). Both rise with the margin, so three of the
-    # seven default candidates are trained and answered, not all seven. The steering baselines'
+    # prompts (greedy, `calibration_tokens`, the phrase judge), are searched by bisection for those whose
+    # harmless and borderline refusal rate rises by at most `over_refusal_tolerance` over the uncoupled
+    # model and whose next-token KL on those validation prompts stays within `kl_budget` (both rise with
+    # the margin, so three of the seven default candidates are trained and answered, not all seven), and of
+    # those the one whose validation jailbreaks are refused most is kept (`pick_margin`; the smallest,
+    # with a warning, if even it breaks the rule). The steering baselines'
     # coefficient follows the same refusal rule. (A budget on plane movement, the earlier rule, did not
     # transfer: 0.6 σ² was met on the dev sets and by no margin on the starter sets. A grid that stopped
     # at 3 was exhausted on the real 0.5B model with safe refusals unchanged: it runs on to 8.)
@@ -442,10 +443,11 @@ def train_slot(
                 config.kl_budget,
             )
         calibration = {
-            "rule": f"largest margin of the grid (found by bisection) whose validation harmless and "
+            "rule": f"among the grid's margins (searched by bisection) whose validation harmless and "
             f"borderline refusal rate rises by at most {config.over_refusal_tolerance:g} over the uncoupled "
             f"model ({config.calibration_tokens} greedy tokens, phrase judge) and whose mean t_post KL on "
-            f"them stays within {config.kl_budget:g}",
+            f"them stays within {config.kl_budget:g}, the one whose validation jailbreaks are refused most "
+            f"(ties: the largest)",
             "met": met,
             "grid_exhausted": met and margin == grid[-1],
             "uncoupled": plain,
@@ -537,8 +539,14 @@ def attacked_readouts(trial: dict) -> dict:
 
 
 def pick_margin(candidates: list[dict]) -> tuple[float, bool]:
-    """(margin, whether it met the rule) from calibration rows in any order: the largest margin that met
-    the rule below the smallest that broke it; the smallest margin tried, unmet, when none met it."""
+    """(margin, whether it met the rule) from calibration rows in any order: among the margins that met
+    the rule below the smallest that broke it, the one whose validation jailbreaks were refused most
+    (`refusal["jailbreak"]`; ties and rows without jailbreaks: the largest margin); the smallest margin
+    tried, unmet, when none met it. Attack refusal need not rise with the margin: on the 1.5B model the
+    validation jailbreaks were refused 0.94 at margin 3 and 0.28 at 6 and 8, safe prompts unmoved by all."""
     broke = min((c["margin"] for c in candidates if not c["meets_rule"]), default=float("inf"))
-    met = [c["margin"] for c in candidates if c["meets_rule"] and c["margin"] < broke]
-    return (max(met), True) if met else (min(c["margin"] for c in candidates), False)
+    met = [c for c in candidates if c["meets_rule"] and c["margin"] < broke]
+    if not met:
+        return min(c["margin"] for c in candidates), False
+    best = max(met, key=lambda c: (c.get("refusal", {}).get("jailbreak", 0.0), c["margin"]))
+    return best["margin"], True
