@@ -36,10 +36,10 @@ SUBSPACE_FLAGS = (
     ("slots", "slots", "coupling layer slots (default: 0.6 of the depth, reading the span at 0.25 and 0.42 too)"),
     ("retention_weight", "retention_weight", f"advanced: weight of keeping harmless and borderline coordinates (default {S.retention_weight})"),
     ("margin", "margin", "where harmful-like prompts must reach on each axis, as a multiple of the harmful mean "
-     f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated, the largest of "
-     f"{', '.join(f'{m:g}' for m in S.margin_grid)} (searched by bisection) that raises the refusal rate of the "
-     "validation rows' harmless and borderline prompts by at most --over-refusal-tolerance and their next-token "
-     "KL to at most --kl-budget)"),
+     f"(harmless mean = 0; above 1 pushes past the average harmful prompt; default: calibrated: of "
+     f"{', '.join(f'{m:g}' for m in S.margin_grid)} (searched by bisection), those that raise the refusal rate of "
+     "the validation rows' harmless and borderline prompts by at most --over-refusal-tolerance and their "
+     "next-token KL to at most --kl-budget, and of those the one that refuses the validation jailbreaks most)"),
     ("over_refusal_tolerance", "over_refusal_tolerance", "the calibration's budget: how much the validation "
      f"harmless and borderline prompts' refusal rate may rise, judged on greedy answers (default "
      f"{S.over_refusal_tolerance})"),
