@@ -371,9 +371,10 @@ def safety_splits(
     """Deterministic (train, eval) prompt sets for training and judging a safety intervention.
 
     Plain sets are split by `eval_fraction`, and their held-out sides capped at `max_eval` prompts (None:
-    all; the attacks' held-out goals are then the capped harmful prompts). Attack templates (up to `templates_per_class` per class) are filled with training goals for
-    training and with held-out goals for evaluation, so no goal is shared; full jailbreak prompts are
-    split per class. Every class is capped at `max_per_class`.
+    all; the attacks' held-out goals are then the capped harmful prompts). Attack templates (up to
+    `templates_per_class` per class) are filled with training goals for training and with held-out goals
+    for evaluation, so no goal is shared; full jailbreak prompts are split per class. Every class is
+    capped at `max_per_class`.
     """
     h_tr, h_ev = harmful.split(eval_fraction, seed)
     b_tr, b_ev = harmless.split(eval_fraction, seed)

@@ -48,10 +48,9 @@ def run_main(
     """The main job: directions (with probes, selection and causal checks) from the training half of
     the harmful and harmless prompts (default: the built-in starter sets; `safety_splits` keeps the other
     half for the coupling's evaluation, which no stage reads before it), the plane with plain, borderline
-    and attack prompts not used for the directions, with `coupling` the confined coupling (`run_coupling`; its
-    settings `coupling_config`, default `SubspaceConfig` with `batch_size`; with `harm_judge`, its attack
-    success is judged harmful compliance),
-    `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
+    and attack prompts not used for the directions, with `coupling` the confined coupling
+    (`run_coupling`; its settings `coupling_config`, default `SubspaceConfig` with `batch_size`; with
+    `harm_judge`, its attack success is judged harmful compliance), `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
     stage."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
