@@ -381,8 +381,8 @@ def train_slot(
     2] (NaN past a response's end), the same prompts in the same order. Without a `margin`, one map per
     candidate of `margin_grid` that a bisection reaches trains on the training rows, and `validate(margin)`
     (run with each candidate in place; see `validation_refusals`) gives its validation safe refusal rate
-    and KL; the calibration keeps the largest margin that meets the rule (`pick_margin`; each candidate's
-    checkpoint under `out_dir/calibration/`).
+    and KL; of the candidates that meet the rule, the calibration keeps the one whose validation
+    jailbreaks are refused most (`pick_margin`; each candidate's checkpoint under `out_dir/calibration/`).
     Returns what the coupling's metadata records: the margin and the calibration behind it,
     separability, standardisation, example counts, the objective at init, trained and on the validation
     rows, and the training log."""
@@ -426,7 +426,8 @@ def train_slot(
             fit(grid[mid])
             meets, breaks = (mid, breaks) if candidates[-1]["meets_rule"] else (meets, mid)
         margin, met = pick_margin(candidates)
-        if met and margin == grid[-1]:
+        exhausted = met and margin == grid[-1]
+        if exhausted:
             log.warning(
                 "slot %d: the largest margin of the grid (%g) met the rule; a larger one might too "
                 "(extend --set subspace.margin_grid=...)",
@@ -449,7 +450,7 @@ def train_slot(
             f"them stays within {config.kl_budget:g}, the one whose validation jailbreaks are refused most "
             f"(ties: the largest)",
             "met": met,
-            "grid_exhausted": met and margin == grid[-1],
+            "grid_exhausted": exhausted,
             "uncoupled": plain,
             "candidates": candidates,
         }

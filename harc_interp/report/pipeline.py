@@ -50,8 +50,8 @@ def run_main(
     half for the coupling's evaluation, which no stage reads before it), the plane with plain, borderline
     and attack prompts not used for the directions, with `coupling` the confined coupling
     (`run_coupling`; its settings `coupling_config`, default `SubspaceConfig` with `batch_size`; with
-    `harm_judge`, its attack success is judged harmful compliance), `summary.json` and `report.html`. Resumable: a rerun with the same settings reuses every finished
-    stage."""
+    `harm_judge`, its attack success is judged harmful compliance), `summary.json` and `report.html`.
+    Resumable: a rerun with the same settings reuses every finished stage."""
     out_dir = Path(out_dir)
     start = time.perf_counter()
     m = load_model(model, dtype=dtype, device=device, progress=progress) if isinstance(model, str) else model
@@ -78,7 +78,7 @@ def run_main(
 
     t = time.perf_counter()
     study = study_prompts(
-        [harmful, harmless, starter_prompts("borderline"), starter_prompts("attacks")],
+        list(sets),
         n_goals=6,
         per_class=12,
         exclude_ids=d.training_ids(),
