@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -164,6 +165,21 @@ def cached_tensors(
 def _jsonable(obj):
     """`obj` as it reads back from JSON (tuples become lists, keys strings), for comparing keys."""
     return json.loads(json.dumps(obj))
+
+
+def json_digest(obj) -> str:
+    """sha256 of a JSON-able object (keys sorted): a short key for what a cached result depends on."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def weights_digest(folder: str | Path) -> str:
+    """sha256 over the weight files at the top of an artifact folder and in its `adapter/` (a coupling's
+    maps, a LoRA adapter, directions): what an evaluation of it depends on."""
+    folder, digest = Path(folder), hashlib.sha256()
+    for f in sorted([*folder.glob("*"), *folder.glob("adapter/*")]):
+        if f.suffix in (".safetensors", ".bin") and f.is_file():
+            digest.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
+    return digest.hexdigest()
 
 
 def save_tensors(

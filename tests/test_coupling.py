@@ -487,6 +487,51 @@ def test_train_span_reading_coupling_with_held_out_rows(tiny, tiny_directions, t
     assert every.maps[0].n_roles == n_span + 1 and int(every.maps[0].first_edited_role) == 0
 
 
+def test_calibration_answers_each_candidate_once_across_a_resume(
+    tiny, tiny_directions, tmp_path, monkeypatch
+):
+    # The validation answers (generation: minutes per candidate on a real model) are kept beside each
+    # candidate's checkpoint, keyed by the coupling's weights and the rows: a rerun answers nothing again.
+    import harc_interp.coupling.subspace as subspace_mod
+
+    sets = {
+        "harmful": starter_prompts("harmful").sample(8, seed=1),
+        "harmless": starter_prompts("harmless").sample(8, seed=1),
+        "borderline": starter_prompts("borderline").sample(4, seed=1),
+    }
+    cfg = SubspaceConfig(
+        read_slots=(),
+        margin_grid=(1.0, 2.0),
+        validation_fraction=0.5,
+        response_tokens=2,
+        calibration_tokens=2,
+        train=TrainConfig(steps=10, lr=1e-2, log_every=10, checkpoint_every=10),
+    )
+    answered = []
+    real_rates = subspace_mod.refusal_rates
+
+    def counting_rates(*args, **kwargs):
+        answered.append(1)
+        return real_rates(*args, **kwargs)
+
+    monkeypatch.setattr(subspace_mod, "refusal_rates", counting_rates)
+    first = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    n_first = len(answered)
+    tried = [c["margin"] for c in first.meta["calibration"]["2"]["candidates"]]
+    assert n_first == 1 + len(tried)  # the uncoupled model, then each candidate tried
+    assert (tmp_path / "calibration" / "uncoupled.json").is_file()
+    assert all((tmp_path / "calibration" / f"margin_{m:g}" / "validation.json").is_file() for m in tried)
+    again = train_subspace(tiny, tiny_directions, sets, tmp_path, cfg, progress=False)
+    assert len(answered) == n_first  # nothing answered twice
+    assert (
+        again.meta["calibration"] == first.meta["calibration"]
+        and again.meta["margin"] == first.meta["margin"]
+    )
+    # Another answer length changes what a check measures: every check is answered anew.
+    train_subspace(tiny, tiny_directions, sets, tmp_path, replace(cfg, calibration_tokens=3), progress=False)
+    assert len(answered) == 2 * n_first
+
+
 def _read_out_placer(d):
     """(place, to_plane) for synthetic coupling data at slot 2: place(level, shape) gives plane coordinates
     [*shape, 2] whose oblique read-outs (harm, ref) sit at `level` (+1% noise), in the objective's units
@@ -649,7 +694,7 @@ def _calibrate(d, coords, tmp_path, kls=None, **config):
     safe = torch.cat([coords[n][:, 0] for n in ("harmless", "borderline") if n in coords])
     checks = []
 
-    def check(margin):
+    def check(margin, cache):
         with torch.no_grad():
             ref = (coupling.maps[0](safe)[:, -1] @ readout.T)[:, 1]
         checks.append((margin, float((ref > 0.5).float().mean())))

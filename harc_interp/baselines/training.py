@@ -38,8 +38,6 @@ to a preset). Train with `train_baseline`; open the result with `baseline_varian
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -50,7 +48,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..artifacts import cached_json, now, provenance, stamp_schema
+from ..artifacts import cached_json, json_digest, now, provenance, stamp_schema
 from ..capture.forward import StopForward, forward_batch, kl_divergence, response_logprobs
 from ..capture.generate import judged_generations
 from ..capture.judges import DEFAULT_JUDGE, Judge
@@ -170,7 +168,7 @@ def build_baseline_data(
         "unsafe": unsafe.ids,
         "safe": safe.ids if safe is not None else [],
     }
-    tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    tag = json_digest(key)[:12]
     data_dir = Path(data_dir)
 
     def answers(ps: PromptSet, kind: str, prefill: str | None = None) -> list[dict]:

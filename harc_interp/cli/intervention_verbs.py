@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 from pathlib import Path
 
 from ..baselines.training import TrainingBaselineConfig
@@ -433,20 +432,10 @@ def cmd_compare(args: argparse.Namespace) -> dict:
     }
 
 
-def weights_digest(folder: str | Path) -> str:
-    """sha256 over the weight files at the top of an artifact folder and in its `adapter/` (a coupling's
-    maps, a LoRA adapter, directions): what an evaluation of it depends on."""
-    folder, digest = Path(folder), hashlib.sha256()
-    for f in sorted([*folder.glob("*"), *folder.glob("adapter/*")]):
-        if f.suffix in (".safetensors", ".bin") and f.is_file():
-            digest.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())
-    return digest.hexdigest()
-
-
 def cmd_eval(args: argparse.Namespace) -> dict:
     """`harc eval`: safety evaluation of the plain model, an intervention or a fixed v_ref push on the
     evaluation split."""
-    from ..artifacts import stamp_schema, write_json
+    from ..artifacts import stamp_schema, weights_digest, write_json
     from ..coupling.load import InterventionInfo, load_intervention
     from ..evaluation.safety import evaluate_safety
     from ..model.edits import Variant, addition_hooks

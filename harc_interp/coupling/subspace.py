@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..artifacts import cached_tensors, now, provenance, write_json
+from ..artifacts import cached_json, cached_tensors, json_digest, now, provenance, write_json
 from ..capture.forward import kl_divergence
 from ..capture.responding import pooled_rate, refusal_rates
 from ..capture.sweep import last_token_logprobs
@@ -298,13 +298,14 @@ def validation_refusals(
     sets: dict[str, PromptSet],
     coords: dict[str, Tensor],
     config: SubspaceConfig,
-) -> Callable[[float | None], dict]:
+) -> Callable[[float | None, Path], dict]:
     """The margin calibration's check: a function of the candidate margin in place (None: the uncoupled
-    model; it is only logged) that answers the validation rows (the rows `split_rows`
+    model; it is only logged) and a cache file that answers the validation rows (the rows `split_rows`
     holds out of training, at most `calibration_rows` per group) under the coupling as it stands and
     returns the judged refusal rate of the safe ones (harmless and borderline) and of each group, and
     their mean next-token KL at t_post against the coupling as it was when the check was made (this
-    slot's map still the identity)."""
+    slot's map still the identity). A result is kept in its cache file under a key of the model, the
+    coupling's weights and the rows, so a resumed run answers no candidate twice."""
     _, val = split_rows(coords, config.validation_fraction, config.train.seed)
     rows = {
         g: PromptSet(
@@ -326,8 +327,25 @@ def validation_refusals(
             return last_token_logprobs(model, chats, hooks=variant.hooks, batch_size=config.batch_size)
 
     before = logprobs()  # the coupling before this slot's map is trained (it is the identity now)
+    key = {
+        "model": model.fingerprint,
+        "before": coupling.weights_digest(),
+        "rows": json_digest({g: [(p.id, p.prompt) for p in r.prompts] for g, r in rows.items()}),
+        "tokens": config.calibration_tokens,
+        "system_prompt": config.system_prompt,
+    }
 
-    def check(margin: float | None) -> dict:
+    def check(margin: float | None, cache: Path) -> dict:
+        result = cached_json(cache, answer, key=key | {"coupling": coupling.weights_digest()})
+        log.info(
+            "calibration, %s: validation safe refusal %.2f, KL %.3f",
+            "uncoupled" if margin is None else f"margin {margin:g}",
+            result["safe_refusal"],
+            result["safe_kl"],
+        )
+        return result
+
+    def answer() -> dict:
         rates = refusal_rates(
             model,
             Variant(hooks=coupling.hooks(model), name="coupling"),
@@ -336,18 +354,11 @@ def validation_refusals(
             max_new_tokens=config.calibration_tokens,
             batch_size=config.batch_size,
         )
-        result = {
+        return {
             "safe_refusal": pooled_rate(rates, rows, HARMLESS_LIKE),
             "refusal": rates,
             "safe_kl": float(kl_divergence(before, logprobs()).mean()),
         }
-        log.info(
-            "calibration, %s: validation safe refusal %.2f, KL %.3f",
-            "uncoupled" if margin is None else f"margin {margin:g}",
-            result["safe_refusal"],
-            result["safe_kl"],
-        )
-        return result
 
     return check
 
@@ -374,12 +385,12 @@ def train_slot(
     config: SubspaceConfig,
     out_dir: Path,
     progress: bool,
-    validate: Callable[[float | None], dict] | None = None,
+    validate: Callable[[float | None, Path], dict] | None = None,
 ) -> dict:
     """Train the map at `coupling.slots[k]` on cached span coordinates [prompt, slot, position, 2] (the
     read slots, then this slot last) and, with a response map, response-token coordinates [prompt, token,
     2] (NaN past a response's end), the same prompts in the same order. Without a `margin`, one map per
-    candidate of `margin_grid` that a bisection reaches trains on the training rows, and `validate(margin)`
+    candidate of `margin_grid` that a bisection reaches trains on the training rows, and `validate(margin, file)`
     (run with each candidate in place; see `validation_refusals`) gives its validation safe refusal rate
     and KL; of the candidates that meet the rule, the calibration keeps the one whose validation
     jailbreaks are refused most (`pick_margin`; each candidate's checkpoint under `out_dir/calibration/`).
@@ -398,7 +409,8 @@ def train_slot(
     calibrating = config.margin is None
     if calibrating and validate is None:
         raise HarcError("calibrating the margin needs a validation check (validate=)")
-    plain = validate(None) if calibrating else None  # this slot's map is still the identity
+    # this slot's map is still the identity
+    plain = validate(None, out_dir / "calibration" / "uncoupled.json") if calibrating else None
     trials, candidates = [], []
 
     def fit(margin: float) -> None:
@@ -412,7 +424,7 @@ def train_slot(
         trials.append((margin, plane_map, trial))
         if calibrating:
             candidates.append(
-                _check_candidate(coupling.maps[k], plane_map, validate, plain, margin, trial, config)
+                _check_candidate(coupling.maps[k], plane_map, validate, where, plain, margin, trial, config)
             )
 
     calibration = None
@@ -505,13 +517,16 @@ def _fit_map(plane_map, d, slot, coords, responses, config: SubspaceConfig, out_
     return {"fit": objective, "objective": {"at_init": at_init, "trained": trained}, "log": log_rows}
 
 
-def _check_candidate(live_map, plane_map, validate, plain: dict, margin: float, trial: dict, config) -> dict:
+def _check_candidate(
+    live_map, plane_map, validate, where: Path, plain: dict, margin: float, trial: dict, config
+) -> dict:
     """One calibration row: the validation refusal rates with `plane_map` in the coupling (the live map
-    restored after), the rise over `plain`, and the plane movement and read-outs (for the record)."""
+    restored after; kept in `where/validation.json`), the rise over `plain`, and the plane movement and
+    read-outs (for the record)."""
     untrained = copy.deepcopy(live_map.state_dict())
     live_map.load_state_dict(plane_map.state_dict())
     try:
-        check = validate(margin)
+        check = validate(margin, where / "validation.json")
     finally:
         live_map.load_state_dict(untrained)
     rise = check["safe_refusal"] - plain["safe_refusal"]
