@@ -251,3 +251,23 @@ def test_a_finished_cache_is_not_replaced_by_another_run(tiny, tiny_dir, tmp_pat
 def test_directions_of_one_model_are_refused_for_its_fine_tune(tiny_directions, fine_tune):
     with pytest.raises(HarcError, match="computed on model"):
         tiny_directions.check_model(load_model(str(fine_tune), progress=False))
+
+
+def test_train_names_a_prompt_with_no_room_for_the_calibrations_answers(
+    tmp_path, tiny_dir, tiny_directions_dir, tiny, capsys
+):
+    # A harmful prompt that fits the 512-token context alone but not with the 24 tokens the margin
+    # calibration answers with: named before anything is trained, not a failure mid-generation.
+    from harc_interp.data.chat import formatter_for
+
+    chat = formatter_for(tiny)
+    n = next(n for n in range(1, 512) if chat.format(" ".join(["word"] * n)).n_prompt > 512 - 24)
+    assert chat.format(" ".join(["word"] * n)).n_prompt <= 512  # the first such length: it still fits
+    rows = [{"id": "roomless", "prompt": " ".join(["word"] * n)}]
+    rows += [{"id": f"h{i}", "prompt": p} for i, p in enumerate(starter_prompts("harmful").texts[:8])]
+    harmful = write(tmp_path / "h.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["train", "--model", str(tiny_dir), "--directions", str(tiny_directions_dir), "--harmful",
+            harmful, "--eval-fraction", "0.1", "--out", str(tmp_path / "o"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "less 24 for the answer, e.g. 'roomless'" in err and "Traceback" not in err, err

@@ -322,7 +322,13 @@ def cmd_train(args: argparse.Namespace) -> dict:
     d = read_directions(args)
     train_sets, eval_sets = safety_sets(args, d)
     model = attach_model(args, d)
-    train_sets = {k: within_context(model, args, v) for k, v in train_sets.items()}
+    # room for what training generates: the model's own response tokens, the calibration's answers
+    reserve = (
+        max(config.response_tokens, config.calibration_tokens if config.margin is None else 0)
+        if isinstance(config, SubspaceConfig)
+        else config.n_response
+    )
+    train_sets = {k: within_context(model, args, v, reserve=reserve) for k, v in train_sets.items()}
     out = Path(args.out)
     if isinstance(config, SubspaceConfig):
         train_subspace(model, d, train_sets, out, config, progress=not args.quiet)
