@@ -299,8 +299,8 @@ def validation_refusals(
     coords: dict[str, Tensor],
     config: SubspaceConfig,
 ) -> Callable[[float | None, Path], dict]:
-    """The margin calibration's check: a function of the candidate margin in place (None: the uncoupled
-    model; it is only logged) and a cache file that answers the validation rows (the rows `split_rows`
+    """The margin calibration's check: a function of (the candidate margin in place, None for the
+    uncoupled model, only logged; a cache file) that answers the validation rows (the rows `split_rows`
     holds out of training, at most `calibration_rows` per group) under the coupling as it stands and
     returns the judged refusal rate of the safe ones (harmless and borderline) and of each group, and
     their mean next-token KL at t_post against the coupling as it was when the check was made (this
