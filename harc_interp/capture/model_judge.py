@@ -7,15 +7,13 @@ its own chat template); online, `cais/HarmBench-Llama-2-13b-cls` takes the raw `
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
-from ..artifacts import read_json, write_json
+from ..artifacts import json_digest, read_json, write_json
 from ..data.chat import Batch
 from ..errors import HarcError
 from ..model.hooked import HarcModel
@@ -118,7 +116,7 @@ class ModelJudge:
         return [Verdict(refused=p <= 0.5, harmful=p > 0.5, score=p) for p in self.p_yes(pairs)]
 
     def _key(self, prompt: str, response: str) -> str:
-        return hashlib.sha256(json.dumps([self.name, prompt, response]).encode()).hexdigest()
+        return json_digest([self.name, prompt, response])
 
     def _score(self, texts: list[str]) -> list[float]:
         tok = self.model.tokenizer
