@@ -89,8 +89,12 @@ def test_train_eval_verify_cli(tiny_dir, tiny_directions_dir, tmp_path, capsys, 
     assert (
         tried[0] == grid[len(grid) // 2] and len(tried) == len(set(tried)) <= 3
     )  # bisection from the middle
-    met = [c["margin"] for c in cal["candidates"] if c["meets_rule"]]
-    assert saved["margin"]["2"] == (max(met) if cal["met"] else min(tried))
+    # the kept margin is the calibration rule's pick from the recorded candidates (most validation
+    # jailbreaks refused among those within the safe budgets; the smallest tried when none is)
+    from harc_interp.coupling.subspace import pick_margin
+
+    assert (saved["margin"]["2"], cal["met"]) == pick_margin(cal["candidates"])
+    assert cal["met"] or saved["margin"]["2"] == min(tried)
     assert seen and seen == {i for ids in splits["train"].values() for i in ids}
     assert not seen & {i for ids in splits["eval"].values() for i in ids}
     # The validation answers come from the training split's held-out rows, never the eval split.
